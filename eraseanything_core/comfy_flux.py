@@ -1,0 +1,296 @@
+"""ComfyUI's Flux, adapted for training: the only module of the core that imports `comfy`.
+
+Three things happen here:
+- out-of-place double/single block forwards, installed through `patches_replace["dit"]`. Stock Flux
+  blocks add residuals in place (`img += ...`): plain backward raises and checkpointed backward is
+  silently wrong (comfyui-notes section 1.9). Ours compute the same values without mutation;
+- attention capture on chosen double blocks: softmax probabilities of every query on the concept
+  key columns, differentiable, chunked (see `attention.py`);
+- `FluxRunner`: a training clone of the ModelPatcher with the LoRA as weight wrappers (base weights stay
+  as loaded, bf16 or fp8, no second copy), the velocity call, the model's sigma schedule, and a
+  count of the transformer passes a run spends.
+"""
+
+import functools
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+import comfy.ldm.flux.model
+import comfy.model_management
+import comfy.samplers
+from comfy.ldm.flux.layers import apply_mod
+from comfy.ldm.flux.math import apply_rope
+from comfy.ldm.modules.attention import optimized_attention
+
+from .attention import key_column_probs
+from .concepts import concept_token_idx
+from .lora import ErasureLoRA
+
+log = logging.getLogger(__name__)
+
+CAPTURE_KEY = "eraseanything_capture"
+
+
+class NotFluxError(TypeError):
+    pass
+
+
+@dataclass
+class TextCond:
+    """One encoded prompt: the T5 stream, the pooled CLIP vector and the concept's token positions."""
+    text: str
+    context: torch.Tensor          # (1, n_txt, context_dim)
+    pooled: torch.Tensor           # (1, vec_dim)
+    token_idx: torch.Tensor        # (k,) positions of the concept tokens in the T5 stream
+
+
+@dataclass
+class AttentionCapture:
+    """Asks a forward for the attention probabilities of double blocks `blocks` on key columns.
+
+    key_idx holds one (k_b,) index tensor per batch element. After the forward, probs[block] holds
+    one (1, h, n, k_b) tensor per batch element. With stop_after set, the forward stops right after
+    that block (a truncated pass for references that only need attention).
+    """
+    blocks: tuple[int, ...]
+    key_idx: list[torch.Tensor]
+    stop_after: int | None = None
+    probs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def check_flux(model_patcher):
+    dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
+    if type(dm) is not comfy.ldm.flux.model.Flux:
+        name = type(dm).__name__ if dm is not None else type(model_patcher).__name__
+        raise NotFluxError(f"EraseAnything needs a FLUX.1 model (dev or schnell); got {name}. "
+                           "Load FLUX.1 with 'Load Diffusion Model' or 'Load Checkpoint'.")
+    p = dm.params
+    if getattr(p, "global_modulation", False) or not getattr(dm.double_blocks[0], "modulation", True) \
+            or getattr(dm.double_blocks[0], "flipped_img_txt", False):
+        raise NotFluxError("This is a Flux variant (Flux.2, Chroma, ...) whose blocks EraseAnything does not "
+                           "support yet; use FLUX.1-dev or FLUX.1-schnell.")
+    return dm
+
+
+def _rope(q, k, pe):
+    # Stock RoPE computes in pe's float32; promote so float64 gradient checks stay float64.
+    pe = pe.to(torch.promote_types(q.dtype, pe.dtype))
+    return apply_rope(q, k, pe)
+
+
+def _project_qkv(attn, x, norm, mod, heads):
+    qkv = attn.qkv(apply_mod(norm(x), 1 + mod.scale, mod.shift))
+    q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=heads)
+    q, k = attn.norm(q, k, v)
+    return q, k, v
+
+
+def double_block_forward(block, img, txt, vec, pe, attn_mask, transformer_options, key_idx=None):
+    """Flux.1 DoubleStreamBlock without in-place updates. Returns (img, txt, probs); probs is a tuple of
+    (1, h, n, k_b) attention probabilities on key columns key_idx[b] (empty when key_idx is None)."""
+    img_mod1, img_mod2 = block.img_mod(vec)
+    txt_mod1, txt_mod2 = block.txt_mod(vec)
+    img_q, img_k, img_v = _project_qkv(block.img_attn, img, block.img_norm1, img_mod1, block.num_heads)
+    txt_q, txt_k, txt_v = _project_qkv(block.txt_attn, txt, block.txt_norm1, txt_mod1, block.num_heads)
+
+    q = torch.cat((txt_q, img_q), dim=2)  # (b, h, n_txt + n_img, d): text first
+    k = torch.cat((txt_k, img_k), dim=2)
+    v = torch.cat((txt_v, img_v), dim=2)
+    if pe is not None:
+        q, k = _rope(q, k, pe)
+    probs = tuple(key_column_probs(q[b:b + 1], k[b:b + 1], idx) for b, idx in enumerate(key_idx or ()))
+    attn = optimized_attention(q, k, v, q.shape[1], skip_reshape=True, mask=attn_mask,
+                               transformer_options=transformer_options)  # (b, n, h*d)
+    n_txt = txt.shape[1]
+    txt_attn, img_attn = attn[:, :n_txt], attn[:, n_txt:]
+
+    img = img + apply_mod(block.img_attn.proj(img_attn), img_mod1.gate)
+    img = img + apply_mod(block.img_mlp(apply_mod(block.img_norm2(img), 1 + img_mod2.scale, img_mod2.shift)), img_mod2.gate)
+    txt = txt + apply_mod(block.txt_attn.proj(txt_attn), txt_mod1.gate)
+    txt = txt + apply_mod(block.txt_mlp(apply_mod(block.txt_norm2(txt), 1 + txt_mod2.scale, txt_mod2.shift)), txt_mod2.gate)
+    if txt.dtype == torch.float16:
+        txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
+    return img, txt, probs
+
+
+def single_block_forward(block, x, vec, pe, attn_mask, transformer_options):
+    """Flux.1 SingleStreamBlock without in-place updates; x is the joint [txt | img] sequence."""
+    mod, _ = block.modulation(vec)
+    qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(x), 1 + mod.scale, mod.shift)),
+                           [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
+    q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=block.num_heads)
+    q, k = block.norm(q, k, v)
+    if pe is not None:
+        q, k = _rope(q, k, pe)
+    attn = optimized_attention(q, k, v, q.shape[1], skip_reshape=True, mask=attn_mask,
+                               transformer_options=transformer_options)
+    x = x + apply_mod(block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2)), mod.gate)
+    if x.dtype == torch.float16:
+        x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
+    return x
+
+
+def _double_patch(args, extra, *, block, index, use_checkpoint):
+    to = args["transformer_options"]
+    capture: AttentionCapture | None = to.get(CAPTURE_KEY)
+    key_idx = capture.key_idx if capture is not None and index in capture.blocks else None
+    call = (functools.partial(checkpoint, double_block_forward, use_reentrant=False)
+            if use_checkpoint and torch.is_grad_enabled() else double_block_forward)
+    img, txt, probs = call(block, args["img"], args["txt"], args["vec"], args["pe"], args.get("attn_mask"), to, key_idx)
+    if key_idx is not None:
+        capture.probs[index] = list(probs)
+        if capture.stop_after == index:
+            raise _StopForward
+    return {"img": img, "txt": txt}
+
+
+def _single_patch(args, extra, *, block, use_checkpoint):
+    call = (functools.partial(checkpoint, single_block_forward, use_reentrant=False)
+            if use_checkpoint and torch.is_grad_enabled() else single_block_forward)
+    return {"img": call(block, args["img"], args["vec"], args["pe"], args.get("attn_mask"), args["transformer_options"])}
+
+
+def block_replacements(diffusion_model, use_checkpoint=False) -> dict:
+    """patches_replace["dit"] entries that route every block through the out-of-place forwards."""
+    out = {}
+    for i, block in enumerate(diffusion_model.double_blocks):
+        out[("double_block", i)] = functools.partial(_double_patch, block=block, index=i, use_checkpoint=use_checkpoint)
+    for i, block in enumerate(diffusion_model.single_blocks):
+        out[("single_block", i)] = functools.partial(_single_patch, block=block, use_checkpoint=use_checkpoint)
+    return out
+
+
+def _make_trainable_copyable(module: torch.nn.Module):
+    """Weights loaded by another node are inference tensors, which autograd cannot save. Swap each one,
+    in place and one at a time, for a normal tensor with the same values (peak memory: one tensor)."""
+    for sub in module.modules():
+        for name, p in list(sub.named_parameters(recurse=False)):
+            if p.is_inference():
+                setattr(sub, name, torch.nn.Parameter(p.detach().clone(), requires_grad=False))
+        for name, b in list(sub.named_buffers(recurse=False)):
+            if b is not None and b.is_inference():
+                sub.register_buffer(name, b.clone(), persistent=name not in sub._non_persistent_buffers_set)
+
+
+@dataclass
+class PassCounter:
+    """Transformer passes, in samples: a batch of 4 is 4 forwards; a pass that stops after block j of
+    J blocks counts (j + 1) / J. A backward is counted separately (2 forward-equivalents by convention)."""
+    forwards: float = 0.0
+    backwards: float = 0.0
+
+    @property
+    def forward_equivalents(self) -> float:
+        return self.forwards + 2.0 * self.backwards
+
+
+class FluxRunner:
+    """A training view of a Flux ModelPatcher: LoRA wrappers, out-of-place blocks, velocity calls."""
+
+    def __init__(self, model_patcher, lora: ErasureLoRA | None = None, gradient_checkpointing=False):
+        dm = check_flux(model_patcher)
+        self.patcher = model_patcher.clone()
+        self.lora = lora
+        if lora is not None:
+            for key in lora.weight_keys:
+                self.patcher.add_weight_wrapper(f"diffusion_model.{key}", lora.wrapper(key))
+        self.replacements = block_replacements(dm, gradient_checkpointing)
+        self.counter = PassCounter()
+        self.total_blocks = len(dm.double_blocks) + len(dm.single_blocks)
+
+    @property
+    def diffusion_model(self):
+        return self.patcher.model.diffusion_model
+
+    @property
+    def params(self):
+        return self.diffusion_model.params
+
+    @property
+    def device(self):
+        return self.patcher.load_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patcher.model.manual_cast_dtype or self.patcher.model.get_dtype()
+
+    @property
+    def latent_channels(self) -> int:
+        return self.patcher.model.latent_format.latent_channels
+
+    def load(self):
+        """Load onto the compute device (evicting text encoders and other models) and make the weights
+        usable by autograd. Call outside inference mode."""
+        comfy.model_management.load_models_gpu([self.patcher], memory_required=1e20, force_full_load=True)
+        _make_trainable_copyable(self.patcher.model)
+        self.patcher.model.requires_grad_(False)
+        if self.lora is not None:
+            self.lora.to(self.device)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """The model's own schedule ("simple"), steps + 1 values from sigma_max down to 0."""
+        return comfy.samplers.calculate_sigmas(self.patcher.get_model_object("model_sampling"), "simple", steps).cpu()
+
+    def velocity(self, x_t, sigma: float, conds: list[TextCond], guidance: float, capture: AttentionCapture | None = None):
+        """v = model(x_t, sigma, text) for a batch: x_t (b, c, h, w) in model space, one cond per sample.
+
+        Returns v (b, c, h, w) in the compute dtype, or None for a truncated pass (capture.stop_after).
+        """
+        b = x_t.shape[0]
+        if len(conds) != b:
+            raise ValueError(f"{len(conds)} text conditions for a batch of {b}")
+        to = dict(self.patcher.model_options.get("transformer_options", {}))
+        to["patches_replace"] = {**to.get("patches_replace", {}), "dit": self.replacements}
+        to[CAPTURE_KEY] = capture
+        device, dtype = self.device, self.dtype
+        context = torch.cat([c.context for c in conds]).to(device, dtype)
+        pooled = torch.cat([c.pooled for c in conds]).to(device, dtype)
+        timestep = torch.full((b,), float(sigma), device=device, dtype=dtype)
+        guidance_vec = torch.full((b,), float(guidance), device=device, dtype=dtype)
+        try:
+            v = self.diffusion_model(x_t.to(device, dtype), timestep, context, y=pooled, guidance=guidance_vec,
+                                     transformer_options=to)
+        except _StopForward:
+            self.counter.forwards += b * (capture.stop_after + 1) / self.total_blocks
+            return None
+        self.counter.forwards += b
+        return v
+
+    def count_backward(self, batch: int = 1):
+        self.counter.backwards += batch
+
+
+def encode_prompt(clip, text: str, token_idx: torch.Tensor) -> TextCond:
+    """Encode with ComfyUI's CLIP object (T5 stream + pooled CLIP-L), as plain (non-inference) tensors."""
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    context, extras = cond[0][0], cond[0][1]
+    pooled = extras.get("pooled_output")
+    if pooled is None:
+        raise ValueError("the CLIP input gives no pooled output: connect Flux's DualCLIPLoader (t5xxl + clip_l).")
+    return TextCond(text=text, context=context.detach().clone().cpu(), pooled=pooled.detach().clone().cpu(),
+                    token_idx=token_idx.clone())
+
+
+class ClipText:
+    """The trainer's text side on a ComfyUI CLIP object: prompts with their concept-token positions."""
+
+    def __init__(self, clip):
+        self.clip = clip
+
+    def encode(self, text: str, concept_word: str | None) -> TextCond:
+        idx = (concept_token_idx(self.clip.tokenizer, text, concept_word) if concept_word
+               else torch.zeros(0, dtype=torch.long))
+        return encode_prompt(self.clip, text, idx)
+
+    def embed_pooled(self, texts: list[str]) -> torch.Tensor:
+        """(len(texts), vec_dim) pooled CLIP-L vectors, used to rank candidate concepts."""
+        empty = torch.zeros(0, dtype=torch.long)
+        return torch.cat([encode_prompt(self.clip, t, empty).pooled for t in texts]).float()

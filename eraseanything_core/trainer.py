@@ -1,0 +1,255 @@
+"""The bi-level loop of EraseAnything: alternating erase and preserve steps on one LoRA (Algorithm 1).
+
+erase    (the paper's lower level): Eq. 2 ESD negative guidance + Eq. 3 attention attenuation
+preserve (the paper's upper level): Eq. 4 flow matching on the concept latents + Eq. 5 reverse
+         self-contrastive loss against a synonym and K irrelevant concepts
+
+As in the released code, the two levels are single alternating steps of one AdamW (there is no
+nested optimisation); `erase_steps_per_preserve` = k runs k erase steps per preserve step. Every
+difference from the released code is listed in docs/method.md.
+"""
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from . import losses
+from .comfy_flux import AttentionCapture, FluxRunner, TextCond
+from .concepts import ConceptSet, augment_prompt, resolve_concepts
+from .config import EraseConfig
+from .data import Trajectories, euler_sample, noised, sample_trajectories
+
+log = logging.getLogger(__name__)
+
+
+class TextEncoder(Protocol):
+    def encode(self, text: str, concept_word: str | None) -> TextCond: ...
+    def embed_pooled(self, texts: list[str]) -> torch.Tensor: ...
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, step: int, values: dict):
+        self.step, self.values = step, values
+        super().__init__(f"loss became NaN/inf at step {step} ({values}); training stopped and the LoRA from "
+                         f"step {step - 1} was kept. Lower the learning rate or the loss weights, or use float32 LoRA weights.")
+
+
+@dataclass
+class StepReport:
+    step: int            # 1-based
+    total: int
+    phase: str           # "erase" | "preserve"
+    values: dict         # loss terms of this step, floats
+
+
+@dataclass
+class Callbacks:
+    on_step: Callable[[StepReport], None] | None = None
+    on_preview: Callable[[int, torch.Tensor], None] | None = None  # step, (h_tok, w_tok) concept map in [0, 1]
+    check_interrupt: Callable[[], None] | None = None              # raises to stop; called every step
+    preview_every: int = 10
+
+
+@dataclass
+class Prompts:
+    concept: TextCond                  # the unaugmented concept prompt
+    variants: list[TextCond]           # augmented concept prompts, each with its own token positions
+    anchor: TextCond
+    synonyms: list[TextCond]
+    irrelevant: list[TextCond]
+
+
+@dataclass
+class TrainResult:
+    lora: torch.nn.Module
+    concepts: ConceptSet
+    history: list[dict] = field(default_factory=list)
+    cost: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def encode_prompts(cfg: EraseConfig, concepts: ConceptSet, text: TextEncoder) -> Prompts:
+    """Every prompt the run needs, encoded once up front, so the text encoders can leave the GPU."""
+    rng = random.Random(cfg.seed)
+    variants = [text.encode(concepts.prompt, concepts.concept)]
+    for _ in range(cfg.prompt_variants - 1):
+        augmented, word = augment_prompt(concepts.prompt, concepts.concept, concepts.synonyms, rng,
+                                         cfg.shuffle_p, cfg.synonym_swap_p)
+        variants.append(text.encode(augmented, word))
+    return Prompts(concept=variants[0], variants=variants, anchor=text.encode(concepts.anchor, None),
+                   synonyms=[text.encode(s, s) for s in concepts.synonyms],
+                   irrelevant=[text.encode(w, w) for w in concepts.irrelevant])
+
+
+def _attn_block_indices(cfg: EraseConfig, depth: int) -> tuple[int, ...]:
+    out = []
+    for i in cfg.attn_blocks:
+        j = i + depth if i < 0 else i
+        if not 0 <= j < depth:
+            raise ValueError(f"attn_blocks has {i}, but the model has {depth} double blocks.")
+        out.append(j)
+    return tuple(sorted(set(out)))
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """Losses are taken in float32 at least (bf16 velocities), float64 when the model is float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _image_feature(probs: torch.Tensor, n_txt: int) -> torch.Tensor:
+    """Eq. 5 feature: attention of the image queries on the concept columns, mean over heads and
+    concept tokens. probs (1, h, n, k) -> (1, n_img). Deviation: image rows only (the released code
+    also mixed in the text rows of different prompts, which are not comparable) and all heads (the
+    code used head 0)."""
+    return probs[:, :, n_txt:, :].mean(dim=(1, 3))
+
+
+class ErasureTrainer:
+    def __init__(self, cfg: EraseConfig, runner: FluxRunner, prompts: Prompts, trajectories: Trajectories,
+                 callbacks: Callbacks | None = None):
+        self.cfg, self.runner, self.prompts, self.traj = cfg, runner, prompts, trajectories
+        self.lora = runner.lora
+        self.callbacks = callbacks or Callbacks()
+        self.blocks = _attn_block_indices(cfg, len(runner.diffusion_model.double_blocks))
+        self.rng = random.Random(cfg.seed + 1)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 2)
+        self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.sigma_last = float(trajectories.sigmas[trajectories.steps // 2])
+        self.history: list[dict] = []
+
+    def _references(self):
+        """Frozen model (paper, ESD) or current LoRA model without grad (released code)."""
+        return self.lora.disabled() if self.cfg.reference == "frozen" else torch.no_grad()
+
+    def _esd_state(self, i: int, j: int, sigmas) -> torch.Tensor:
+        if self.cfg.esd_sampling == "cached":
+            return self.traj.x_t[i, j][None]
+        # Original ESD: sample the concept till step j with the current model, from fresh noise.
+        noise = torch.randn(self.traj.noise[:1].shape, generator=self.gen)
+        with torch.no_grad():
+            return euler_sample(lambda x, s: self.runner.velocity(x, s, [self.prompts.concept], self.cfg.guidance_esd),
+                                noise.to(self.runner.device), sigmas, until=j)
+
+    def erase_step(self) -> tuple[torch.Tensor, dict]:
+        cfg, p = self.cfg, self.prompts
+        i, j = self.rng.randrange(self.traj.num_images), self.rng.randrange(self.traj.steps)
+        sigma = float(self.traj.sigmas[j])
+        variant = self.rng.choice(p.variants)
+        x_t = self._esd_state(i, j, self.traj.sigmas).to(self.runner.device)
+        with torch.no_grad(), self._references():
+            v_ref_anchor, v_ref_concept = self.runner.velocity(x_t.expand(2, -1, -1, -1), sigma, [p.anchor, variant],
+                                                               cfg.guidance_esd).chunk(2)
+        capture = AttentionCapture(self.blocks, [variant.token_idx])
+        v_lora_concept = self.runner.velocity(x_t, sigma, [variant], cfg.guidance_esd, capture=capture)
+        l_esd = losses.esd_loss(_wide(v_lora_concept), _wide(v_ref_anchor), _wide(v_ref_concept), cfg.eta)
+        # Eq. 3 on the ESD forward itself (the released code spent a second forward on a noised D_un image).
+        l_attn = sum(losses.attention_attenuation_loss(capture.probs[b][0]) for b in self.blocks)
+        self.sigma_last = sigma
+        self._last_probs = (capture.probs[self.blocks[-1]][0].detach(), variant.context.shape[1], x_t.shape[-2:])
+        loss = cfg.lambda_esd * l_esd + cfg.lambda_attn * l_attn
+        return loss, {"esd": l_esd.item(), "attn": l_attn.item()}
+
+    def preserve_step(self) -> tuple[torch.Tensor, dict]:
+        cfg, p = self.cfg, self.prompts
+        i = self.rng.randrange(self.traj.num_images)
+        sigma = self.sigma_last  # the released code reuses the preceding erase step's t
+        x0 = self.traj.x0[i][None]
+        noise = torch.randn(x0.shape, generator=self.gen, dtype=torch.float64).to(x0.dtype)
+        x_t = noised(x0, noise, sigma).to(self.runner.device)
+        variant = self.rng.choice(p.variants)
+        block = self.blocks[-1]
+        capture = AttentionCapture((block,), [variant.token_idx])
+        v_lora = self.runner.velocity(x_t, sigma, [variant], cfg.guidance_train, capture=capture)
+        l_fm = losses.flow_matching_loss(_wide(v_lora), _wide(noise.to(v_lora.device)), _wide(x0.to(v_lora.device)))
+        values = {"fm": l_fm.item()}
+        loss = cfg.lambda_fm * l_fm
+        if cfg.lambda_rsc > 0 and p.synonyms and p.irrelevant:
+            synonym = self.rng.choice(p.synonyms)
+            feats = []
+            with torch.no_grad(), self._references():
+                for c in [synonym] + p.irrelevant:  # truncated passes, one per prompt: text lengths may differ
+                    ref_capture = AttentionCapture((block,), [c.token_idx], stop_after=block)
+                    self.runner.velocity(x_t, sigma, [c], cfg.guidance_esd, capture=ref_capture)
+                    feats.append(_image_feature(ref_capture.probs[block][0], c.context.shape[1]))
+            center = _image_feature(capture.probs[block][0], variant.context.shape[1])
+            l_rsc = losses.reverse_contrastive_loss(center, feats[0], torch.stack(feats[1:], dim=1), cfg.tau)
+            loss = loss + cfg.lambda_rsc * l_rsc
+            values["rsc"] = l_rsc.item()
+        return loss, values
+
+    def _preview(self, step: int):
+        if self.callbacks.on_preview is None or not hasattr(self, "_last_probs"):
+            return
+        probs, n_txt, (h, w) = self._last_probs
+        concept_map = probs[0, :, n_txt:, :].mean(dim=(0, 2)).reshape(h // 2, w // 2).float().cpu()
+        concept_map = concept_map / concept_map.max().clamp_min(1e-12)
+        self.callbacks.on_preview(step, concept_map)
+
+    def run(self) -> list[dict]:
+        cfg, cb = self.cfg, self.callbacks
+        k = cfg.erase_steps_per_preserve
+        for step in range(1, cfg.steps + 1):
+            if cb.check_interrupt is not None:
+                cb.check_interrupt()
+            phase = "erase" if (step - 1) % (k + 1) < k else "preserve"
+            loss, values = self.erase_step() if phase == "erase" else self.preserve_step()
+            values["total"] = loss.item()
+            if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
+                raise NonFiniteLossError(step, values)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.runner.count_backward()
+            grads_finite = all(torch.isfinite(q.grad).all() for q in self.lora.parameters() if q.grad is not None)
+            if not grads_finite:
+                raise NonFiniteLossError(step, {**values, "grad": float("nan")})
+            self.optimizer.step()
+            self.history.append({"step": step, "phase": phase, **values})
+            if cb.on_step is not None:
+                cb.on_step(StepReport(step, cfg.steps, phase, values))
+            if phase == "erase" and (step % cb.preview_every == 0 or step == 1):
+                self._preview(step)
+        return self.history
+
+
+def prepare_data(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts) -> Trajectories:
+    """The concept latents D_un with their trajectories, sampled once by the frozen model."""
+    side = cfg.resolution // 8
+    gen = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.randn((cfg.num_images, runner.latent_channels, side, side), generator=gen)
+    sigmas = runner.sigmas(cfg.sample_steps)
+    with torch.no_grad(), runner.lora.disabled():
+        return sample_trajectories(lambda x, s: runner.velocity(x, s, [prompts.concept] * x.shape[0], cfg.guidance_esd),
+                                   noise.to(runner.device), sigmas, store_dtype=runner.dtype)
+
+
+def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callbacks: Callbacks | None = None) -> TrainResult:
+    """The whole run: concepts, prompts, data, loop. Call outside inference mode, with grad enabled."""
+    start = time.perf_counter()
+    concepts = resolve_concepts(cfg, text.embed_pooled)
+    log.info("erasing %r: anchor %r, synonyms %s, irrelevant %s", concepts.concept, concepts.anchor,
+             list(concepts.synonyms), list(concepts.irrelevant))
+    prompts = encode_prompts(cfg, concepts, text)
+    runner.load()
+    trajectories = prepare_data(cfg, runner, prompts)
+    data_cost = runner.counter.forward_equivalents
+    trainer = ErasureTrainer(cfg, runner, prompts, trajectories, callbacks)
+    history = trainer.run()
+    c = runner.counter
+    cost = {"forwards": c.forwards, "backwards": c.backwards, "forward_equivalents": c.forward_equivalents,
+            "data_forward_equivalents": data_cost}
+    return TrainResult(lora=runner.lora, concepts=concepts, history=history, cost=cost,
+                       seconds=time.perf_counter() - start)
+
+
+def released_schedule_cost(steps: int, sample_steps: int = 28, num_irrelevant: int = 3) -> dict:
+    """Transformer passes of the released code's schedule (method-reference-code.md section 4):
+    erase = 28 sampler + 2 no-grad + 2 grad forwards and a backward through both graphs;
+    preserve = (1 synonym + K irrelevant) x 28 sampler forwards + 1 grad forward + 1 backward."""
+    erase, preserve = (steps + 1) // 2, steps // 2
+    forwards = erase * (sample_steps + 4) + preserve * ((1 + num_irrelevant) * sample_steps + 1)
+    backwards = erase * 2 + preserve
+    return {"forwards": forwards, "backwards": backwards, "forward_equivalents": forwards + 2 * backwards}

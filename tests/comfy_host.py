@@ -1,0 +1,104 @@
+"""The real ComfyUI as a test host: import it on the CPU and build tiny Flux models through its loaders.
+
+Used by the in-process tests (via conftest.py) and by the test-only node pack that the server tests
+load (tests/tiny_models_pack), so both build byte-identical models from the same seeds.
+"""
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+CACHE = Path(os.environ.get("EA_CACHE", Path.home() / ".cache" / "eraseanything-comfyui"))
+COMFY_DIR = Path(os.environ.get("EA_COMFY_DIR", CACHE / "comfyui"))
+
+# hidden 64, 2 heads of 32 (RoPE axes 8+12+12), 2 double + 2 single blocks, T5 width 32, pooled 16.
+TINY_FLUX = dict(hidden=64, heads=2, axes_dim=(8, 12, 12), depth=2, depth_single=2, context=32, vec=16)
+
+
+def import_comfy():
+    """Put ComfyUI on sys.path and select the CPU before model_management is imported."""
+    if str(COMFY_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFY_DIR))
+    from comfy.cli_args import args
+    args.cpu = True
+    import comfy.model_management  # noqa: F401  (reads args.cpu at import)
+    import comfy.sd  # noqa: F401
+
+
+@contextlib.contextmanager
+def tiny_flux_detection():
+    """ComfyUI's Flux detection hard-codes 24 heads and RoPE axes [16, 56, 56] (head dim 128). For
+    smaller widths, derive heads and axes from the weights; everything else stays stock."""
+    import comfy.model_detection as md
+    original = md.detect_unet_config
+
+    def detect(state_dict, key_prefix, metadata=None):
+        cfg = original(state_dict, key_prefix, metadata=metadata)
+        if cfg and cfg.get("image_model") == "flux" and cfg.get("hidden_size") != 3072:
+            head_dim = state_dict[f"{key_prefix}double_blocks.0.img_attn.norm.key_norm.scale"].shape[0]
+            cfg["num_heads"] = cfg["hidden_size"] // head_dim
+            first = head_dim - 2 * (3 * head_dim // 8)
+            cfg["axes_dim"] = [first, 3 * head_dim // 8, 3 * head_dim // 8]
+        return cfg
+
+    md.detect_unet_config = detect
+    try:
+        yield
+    finally:
+        md.detect_unet_config = original
+
+
+def flux_state_dict(hidden=64, heads=2, axes_dim=(8, 12, 12), depth=2, depth_single=2, context=32, vec=16,
+                    seed=0, dtype=torch.float32, std=0.05):
+    """A seeded random Flux.1-dev state dict (guidance embedding on), keyed as ComfyUI saves it."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+    meta = Flux(in_channels=16, out_channels=16, vec_in_dim=vec, context_in_dim=context, hidden_size=hidden,
+                mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=depth_single,
+                axes_dim=list(axes_dim), theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
+                device="meta", operations=comfy.ops.disable_weight_init)
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, p in meta.state_dict().items():
+        if name.endswith(".scale"):  # RMSNorm scales
+            sd[name] = torch.ones(p.shape, dtype=dtype)
+        else:
+            sd[name] = (torch.randn(p.shape, generator=gen) * std).to(dtype)
+    return sd
+
+
+def load_flux(sd, dtype=None):
+    """Load a Flux state dict through ComfyUI's own `load_diffusion_model_state_dict` -> ModelPatcher."""
+    import comfy.sd
+    options = {"dtype": dtype} if dtype is not None else {}
+    with tiny_flux_detection():
+        mp = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
+    if mp is None:
+        raise RuntimeError("ComfyUI did not recognise the synthetic Flux state dict")
+    return mp
+
+
+def tiny_flux(seed=0, dtype=None, **shape):
+    return load_flux(flux_state_dict(seed=seed, **{**TINY_FLUX, **shape}), dtype=dtype)
+
+
+def tiny_clip(seed=0):
+    """A tiny T5 + CLIP-L pair with ComfyUI's own Flux tokenizers: cond (1, 256, 32), pooled (1, 16)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux as tf
+    options = {
+        "clip_l_model_config": {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+                                "num_hidden_layers": 2, "projection_dim": 16},
+        "t5xxl_model_config": {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2},
+        "dtype": torch.float32,
+    }
+    clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(tf.FluxTokenizer, tf.flux_clip()), model_options=options)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in clip.cond_stage_model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if "embed" not in name else 0.5))
+    return clip

@@ -1,0 +1,45 @@
+"""Hand-built trainer pieces on the tiny Flux: random text conditions instead of a text encoder."""
+
+import torch
+
+from eraseanything_core.comfy_flux import FluxRunner, TextCond
+from eraseanything_core.config import EraseConfig
+from eraseanything_core.lora import ErasureLoRA, flux_targets
+from eraseanything_core.trainer import ErasureTrainer, Prompts, prepare_data
+from tests import comfy_host
+
+
+def random_cond(gen, text, token_idx, n_txt=24, dtype=torch.float32):
+    ctx = torch.randn((1, n_txt, comfy_host.TINY_FLUX["context"]), generator=gen, dtype=torch.float64).to(dtype)
+    pooled = torch.randn((1, comfy_host.TINY_FLUX["vec"]), generator=gen, dtype=torch.float64).to(dtype)
+    return TextCond(text, ctx, pooled, torch.tensor(token_idx))
+
+
+def random_prompts(seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    concept = random_cond(gen, "a nude girl", [2, 3], dtype=dtype)
+    return Prompts(concept=concept, variants=[concept, random_cond(gen, "girl nude a", [4, 5], dtype=dtype)],
+                   anchor=random_cond(gen, "a girl", [], dtype=dtype),
+                   synonyms=[random_cond(gen, "naked", [0, 1], dtype=dtype)],
+                   irrelevant=[random_cond(gen, w, [0], dtype=dtype) for w in ("car", "tree", "sky")])
+
+
+def make_trainer(model_patcher, cfg: EraseConfig, prompts: Prompts, lora_init_b=0.0, seed=0):
+    p = model_patcher.model.diffusion_model.params
+    targets = flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks, p.vec_in_dim)
+    dtype = model_patcher.model.get_dtype() if model_patcher.model.get_dtype() == torch.float64 else torch.float32
+    lora = ErasureLoRA(targets, cfg.rank, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    if lora_init_b:
+        gen = torch.Generator().manual_seed(seed + 100)
+        with torch.no_grad():
+            for b in lora.lora_B:
+                b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64) * lora_init_b)
+    runner = FluxRunner(model_patcher, lora, cfg.gradient_checkpointing)
+    runner.load()
+    trajectories = prepare_data(cfg, runner, prompts)
+    return ErasureTrainer(cfg, runner, prompts, trajectories)
+
+
+def tiny_cfg(**changes):
+    base = dict(concept="nude", steps=4, rank=2, resolution=32, num_images=2, sample_steps=4, prompt_variants=2)
+    return EraseConfig(**{**base, **changes})
