@@ -290,7 +290,16 @@ class ClipText:
                else torch.zeros(0, dtype=torch.long))
         return encode_prompt(self.clip, text, idx)
 
-    def embed_pooled(self, texts: list[str]) -> torch.Tensor:
-        """(len(texts), vec_dim) pooled CLIP-L vectors, used to rank candidate concepts."""
-        empty = torch.zeros(0, dtype=torch.long)
-        return torch.cat([encode_prompt(self.clip, t, empty).pooled for t in texts]).float()
+    def embed_pooled(self, texts: list[str], batch: int = 64) -> torch.Tensor:
+        """(len(texts), vec_dim) pooled CLIP-L vectors, used to rank candidate concepts. Batched CLIP-L
+        only (ranking hundreds of words must not run T5-XXL hundreds of times)."""
+        clip_l = getattr(self.clip.cond_stage_model, "clip_l", None)
+        if clip_l is None:  # an unusual text-encoder object: slow but general
+            empty = torch.zeros(0, dtype=torch.long)
+            return torch.cat([encode_prompt(self.clip, t, empty).pooled for t in texts]).float()
+        self.clip.load_model()
+        out = []
+        for i in range(0, len(texts), batch):
+            tokens = [[tok for tok, *_ in self.clip.tokenizer.tokenize_with_weights(t)["l"][0]] for t in texts[i:i + batch]]
+            out.append(clip_l.encode(tokens)[1].detach().float().cpu())
+        return torch.cat(out)

@@ -1,17 +1,13 @@
 """The words of an erasure run: concept, anchor, synonyms, irrelevant concepts, concept token positions.
 
-The released code got synonyms from NLTK WordNet (downloaded at import), irrelevant concepts from two
-GPT-4o calls (an API key, no fallback), and the concept's T5 positions from a helper that loaded
-FLUX.1-schnell at import. Here everything is offline and deterministic (method-reference-code.md §2.3, §4):
-
-* synonyms: a built-in table for concepts users commonly erase (`vocabulary.SYNONYM_GROUPS`); other
-  concepts use the closest vocabulary words by pooled-text cosine when they are clearly close,
-  otherwise simple surface variants and a warning that asks the user to type synonyms;
-* irrelevant concepts (Eq. 5): K vocabulary words at graded similarity, see `_pick_irrelevant`;
-* `concept_token_idx`: the concept's positions in the prompt's T5 sequence, which are also the key
-  columns of Flux's joint attention (text first) read by Eq. 3 and Eq. 5;
-* `augment_prompt`: the released word shuffle and synonym swap, returning the concept as it now
-  appears so that token positions are computed after the swap.
+The released code took synonyms from NLTK WordNet (downloaded at import), irrelevant concepts from two
+GPT-4o calls (API key, no fallback) and T5 positions from a helper that loaded FLUX.1-schnell at
+import (method-reference-code.md §2.3, §4). Here all of it is offline and deterministic: synonyms come
+from a built-in table (`vocabulary.SYNONYM_GROUPS`), else clearly close vocabulary words by pooled-text
+cosine, else surface variants plus a warning; irrelevant concepts (Eq. 5) are vocabulary words at graded
+similarity; `concept_token_idx` gives the key columns of Flux's joint attention (text first) read by
+Eq. 3 and Eq. 5; `augment_prompt` is the released shuffle and synonym swap, fixed so the concept is
+found again after the swap.
 
 The tokenizer is duck-typed: anything with ComfyUI's `tokenize_with_weights(text, return_word_ids=True)`
 returning {"t5xxl": [[(token, weight, word_id), ...], ...]} works. No `comfy` import here (S1).
@@ -36,6 +32,7 @@ SYNONYM_MIN_COSINE = 0.9  # ...each must be at least this close to the concept (
 SYNONYM_MIN_ZSCORE = 3.0  # ...and stand out of the vocabulary by this many standard deviations
 MID_QUANTILE = 0.5        # similarity quantile of the last ("mid") irrelevant concept
 PICK_WINDOW = 3           # each irrelevant pick is drawn among this many neighbours of its rank
+IRRELEVANT_POOL = 128     # vocabulary words ranked for the irrelevant picks (a seeded sample; bounds encoder calls)
 
 _FUNCTION_WORDS = frozenset("a an the of by in on at to for from with like featuring as into onto".split())
 _CONJUNCTIONS = frozenset("and or but nor &".split())
@@ -53,9 +50,7 @@ class ConceptSet:
     irrelevant: tuple[str, ...]
 
 
-# ---------------------------------------------------------------------------------------------
-# Text helpers
-
+# --- Text helpers -----------------------------------------------------------------------------
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
@@ -99,12 +94,9 @@ def _concept_spans(prompt: str, concept: str, substrings: bool = False) -> list[
 
 
 def _kind(tok: str) -> str:
-    if tok == _MARK:
-        return "mark"
-    if tok[0] in _PUNCT:
-        return "punct"
     low = tok.lower()
-    return "conj" if low in _CONJUNCTIONS else "func" if low in _FUNCTION_WORDS else "word"
+    return ("mark" if tok == _MARK else "punct" if tok[0] in _PUNCT else "conj" if low in _CONJUNCTIONS
+            else "func" if low in _FUNCTION_WORDS else "word")
 
 
 def _join(toks: list[str]) -> str:
@@ -141,13 +133,17 @@ def _anchor_tokens(prompt: str, spans: list[tuple[int, int]]) -> list[str]:
 def default_anchor(prompt: str, concept: str) -> str:
     """The prompt with the concept removed: the ESD anchor c_0 when the user gives none.
 
-    Case-insensitive whole words: the phrase, or each of its content words when the phrase does not
-    occur. Articles and prepositions left dangling before the gap ("a photo of [nude]," -> "a photo,")
-    and conjunctions left without a partner ("[nude] and smiling" -> "smiling") are dropped, as are
-    doubled or dangling commas. "a nude girl with beautiful hair" - "nude" -> "a girl with
-    beautiful hair"; "Van Gogh" - "Van Gogh" -> "". Returns "" when nothing is left.
+    Case-insensitive whole words: the phrase, else each of its content words, else every word that
+    contains the phrase ("nudes"). Articles and prepositions left dangling before the gap ("a photo
+    of [nude]," -> "a photo,") and conjunctions left without a partner ("[nude] and smiling" ->
+    "smiling") are dropped, as are doubled or dangling commas. "a nude girl with beautiful hair" -
+    "nude" -> "a girl with beautiful hair"; "Van Gogh" - "Van Gogh" -> "". "" when nothing is left.
     """
-    toks = _anchor_tokens(prompt, _concept_spans(prompt, concept))
+    concept = " ".join(concept.split())
+    spans = _concept_spans(prompt, concept)
+    if not spans and concept:
+        spans = [m.span() for m in re.finditer(rf"\w*{re.escape(concept)}\w*", prompt, re.IGNORECASE)]
+    toks = _anchor_tokens(prompt, spans)
     out: list[str] = []
     skip_conj = False
     for i, tok in enumerate(toks):
@@ -212,9 +208,7 @@ def table_synonyms(concept: str) -> tuple[str, ...]:
     return tuple(s for s in _unique(swapped) if _norm(s) != key)
 
 
-# ---------------------------------------------------------------------------------------------
-# Ranking by pooled text embeddings
-
+# --- Ranking by pooled text embeddings --------------------------------------------------------
 
 class _Similarity:
     """Cosine similarity of pooled text embeddings; each string is embedded once."""
@@ -273,20 +267,24 @@ def _pick_irrelevant(concept: str, synonyms: Sequence[str], k: int, similarity: 
 
     The released code asked GPT-4o for words per category {No_relation, far, mid, close} and kept
     [No_relation[r], far[r], mid[r]] for one random r in {0, 1, 2}: never a close word. Here the
-    vocabulary, minus every entry sharing a content word with the concept or a synonym, is sorted
-    from least to most similar (pooled text cosine). Pick i of K sits at similarity quantile
-    MID_QUANTILE * i / (K - 1): for K = 3 the least similar word, the 25 % quantile ("far") and
-    the median ("mid"). Like `tidy_output`, one r = Random(seed).randrange(PICK_WINDOW) chooses
-    among the PICK_WINDOW words around every target rank, so a seed gives the same words.
+    vocabulary, minus every entry sharing a content word with the concept or a synonym, is sampled
+    down to IRRELEVANT_POOL words and sorted from least to most similar (pooled text cosine). Pick i
+    of K sits at similarity quantile MID_QUANTILE * i / (K - 1): for K = 3 the least similar word,
+    the 25 % quantile ("far") and the median ("mid"). Like `tidy_output`, one r in range(PICK_WINDOW)
+    chooses among the PICK_WINDOW words around every target rank. The sample and r come from
+    Random(seed): same seed, same words.
     """
     banned = {_stem(w) for phrase in (concept, *synonyms) for w in _content_words(phrase)}
     candidates = [c for c in VOCABULARY if not banned & {_stem(w) for w in c.split()}]
     if len(candidates) < k:
         raise RuntimeError(f"only {len(candidates)} vocabulary words are left for {k} irrelevant concepts.")
+    rng = random.Random(seed)
+    keep = set(rng.sample(range(len(candidates)), min(len(candidates), IRRELEVANT_POOL)))
+    candidates = [c for i, c in enumerate(candidates) if i in keep]
     sims = similarity(concept, candidates)  # (n,)
     n = len(candidates)
     ranked = [candidates[i] for i in sorted(range(n), key=lambda i: (sims[i].item(), i))]
-    r = random.Random(seed).randrange(PICK_WINDOW)
+    r = rng.randrange(PICK_WINDOW)
     picks: list[str] = []
     for i in range(k):
         centre = round(MID_QUANTILE * i / (k - 1) * (n - 1)) if k > 1 else 0
@@ -327,9 +325,7 @@ def resolve_concepts(cfg: EraseConfig, embed_pooled: Callable[[list[str]], torch
     return ConceptSet(concept=concept, prompt=prompt, anchor=anchor, synonyms=synonyms, irrelevant=irrelevant)
 
 
-# ---------------------------------------------------------------------------------------------
-# Concept token positions (Eq. 3 and Eq. 5 read these key columns)
-
+# --- Concept token positions (Eq. 3 and Eq. 5 read these key columns) -------------------------
 
 def _t5_tokens(tokenizer, text: str) -> list[tuple[int, object]]:
     """(position, token id) of the real T5 tokens of `text`. EOS and padding carry word id 0 in
@@ -371,6 +367,8 @@ def _locate(tokenizer, prompt: str, hay: list[object], span: tuple[int, int], us
     """
     s, e = span
     sub = _ids(tokenizer, prompt[s:e])
+    if not sub:
+        return None
     start = _nearest_match(hay, sub, len(_ids(tokenizer, prompt[:s])), used)
     if start is not None:
         used.add(start)
@@ -430,9 +428,7 @@ def concept_token_idx(tokenizer, prompt: str, concept: str) -> torch.LongTensor:
     return torch.tensor(sorted(positions), dtype=torch.long)  # (k,)
 
 
-# ---------------------------------------------------------------------------------------------
-# Prompt augmentation (released `LoraDataset.__getitem__`, §2.3)
-
+# --- Prompt augmentation (released `LoraDataset.__getitem__`, §2.3) ---------------------------
 
 def _shuffle_units(prompt: str, concept: str) -> list[str]:
     """Whitespace-separated words of the prompt, with each occurrence of the concept phrase (and any
@@ -463,8 +459,7 @@ def augment_prompt(prompt: str, concept: str, synonyms: Sequence[str], rng: rand
         pre-swap positions, stale for multi-token synonyms: method-reference-code.md §7.1 item 5);
       * a multi-word concept ("Van Gogh") moves as one unit in the shuffle, so it stays contiguous
         (the released `str.split` shuffle broke it apart, and then the swap silently did nothing).
-    The rng is used the same way whatever happens (two draws, a shuffle, a choice), so a seed
-    gives the same sequence of prompts.
+    The same rng state gives the same prompt; pass one `random.Random(cfg.seed)` per run.
     """
     units = _shuffle_units(prompt, concept)
     if rng.random() < shuffle_p:

@@ -44,12 +44,12 @@ class StepReport:
     total: int
     phase: str           # "erase" | "preserve"
     values: dict         # loss terms of this step, floats
+    preview: torch.Tensor | None = None  # every preview_every erase steps: (h_tok, w_tok) concept map in [0, 1]
 
 
 @dataclass
 class Callbacks:
     on_step: Callable[[StepReport], None] | None = None
-    on_preview: Callable[[int, torch.Tensor], None] | None = None  # step, (h_tok, w_tok) concept map in [0, 1]
     check_interrupt: Callable[[], None] | None = None              # raises to stop; called every step
     preview_every: int = 10
 
@@ -181,13 +181,11 @@ class ErasureTrainer:
             values["rsc"] = l_rsc.item()
         return loss, values
 
-    def _preview(self, step: int):
-        if self.callbacks.on_preview is None or not hasattr(self, "_last_probs"):
-            return
+    def _concept_map(self) -> torch.Tensor:
+        """Where the image queries of the last erase step looked at the concept: (h_tok, w_tok) in [0, 1]."""
         probs, n_txt, (h, w) = self._last_probs
         concept_map = probs[0, :, n_txt:, :].mean(dim=(0, 2)).reshape(h // 2, w // 2).float().cpu()
-        concept_map = concept_map / concept_map.max().clamp_min(1e-12)
-        self.callbacks.on_preview(step, concept_map)
+        return concept_map / concept_map.max().clamp_min(1e-12)
 
     def run(self) -> list[dict]:
         cfg, cb = self.cfg, self.callbacks
@@ -209,9 +207,8 @@ class ErasureTrainer:
             self.optimizer.step()
             self.history.append({"step": step, "phase": phase, **values})
             if cb.on_step is not None:
-                cb.on_step(StepReport(step, cfg.steps, phase, values))
-            if phase == "erase" and (step % cb.preview_every == 0 or step == 1):
-                self._preview(step)
+                preview = phase == "erase" and (step % cb.preview_every == 0 or step == 1)
+                cb.on_step(StepReport(step, cfg.steps, phase, values, self._concept_map() if preview else None))
         return self.history
 
 

@@ -20,7 +20,6 @@ from . import visual
 log = logging.getLogger(__name__)
 
 EVENT_LOSS = "eraseanything.loss"
-EVENT_PREVIEW = "eraseanything.preview"
 
 
 @dataclass
@@ -47,14 +46,11 @@ def _callbacks(cfg: EraseConfig, node_id) -> Callbacks:
     def on_step(report: StepReport):
         _send(EVENT_LOSS, {"node": node_id, "step": report.step, "total": report.total,
                            "phase": report.phase, "values": report.values})
-        pbar.update_absolute(report.step, report.total)
+        # The attention preview rides on the progress update: ComfyUI shows it under the node.
+        preview = None if report.preview is None else ("JPEG", visual.heatmap(report.preview), 256)
+        pbar.update_absolute(report.step, report.total, preview)
 
-    def on_preview(step: int, concept_map: torch.Tensor):
-        # The binary preview shows under the node; the event lets our widget label it.
-        pbar.update_absolute(step, cfg.steps, ("JPEG", visual.heatmap(concept_map), 256))
-        _send(EVENT_PREVIEW, {"node": node_id, "step": step, "concept": cfg.concept})
-
-    return Callbacks(on_step=on_step, on_preview=on_preview,
+    return Callbacks(on_step=on_step,
                      check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                      preview_every=max(1, min(10, cfg.steps // 10)))
 
@@ -77,9 +73,9 @@ def new_lora(cfg: EraseConfig, model) -> ErasureLoRA:
 def train_in_node(model, clip, cfg: EraseConfig, lora_name: str, node_id=None) -> NodeResult:
     folder = folder_paths.get_folder_paths("loras")[0]
     lora_file.safe_lora_path(folder, lora_name)  # refuse a bad name before hours of training
-    lora = new_lora(cfg, model)
-    runner = FluxRunner(model, lora, cfg.gradient_checkpointing)
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # the executor runs nodes in inference mode
+        lora = new_lora(cfg, model)
+        runner = FluxRunner(model, lora, cfg.gradient_checkpointing)
         try:
             result = train_erasure(cfg, runner, ClipText(clip), _callbacks(cfg, node_id))
         except NonFiniteLossError as err:

@@ -85,8 +85,11 @@ def tiny_flux(seed=0, dtype=None, **shape):
     return load_flux(flux_state_dict(seed=seed, **{**TINY_FLUX, **shape}), dtype=dtype)
 
 
-def tiny_clip(seed=0):
-    """A tiny T5 + CLIP-L pair with ComfyUI's own Flux tokenizers: cond (1, 256, 32), pooled (1, 16)."""
+def tiny_clip(seed=0, contextual=True):
+    """A tiny T5 + CLIP-L pair with ComfyUI's own Flux tokenizers: cond (1, 256, 32), pooled (1, 16).
+
+    contextual=False zeroes T5's attention and MLP outputs, so each T5 output depends on its own token
+    only: a prompt's concept then sits in the concept's tokens, as trained encoders mostly keep it."""
     import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.flux as tf
@@ -100,5 +103,10 @@ def tiny_clip(seed=0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in clip.cond_stage_model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if "embed" not in name else 0.5))
+            if "norm" in name:  # layer/RMS norms: identity, so the prompt actually reaches the output
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if "embed" in name else 0.2))
+            if not contextual and "t5xxl" in name and (name.endswith(".o.weight") or name.endswith(".wo.weight")):
+                p.zero_()
     return clip

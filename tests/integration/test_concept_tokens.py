@@ -121,12 +121,16 @@ def test_concept_without_tokens_is_a_value_error(tokenizer):
 
 
 def test_resolve_concepts_end_to_end_with_tiny_clip_pooled_output(tiny_clip):
-    calls = []
+    tiny_clip.load_model()
+    clip_l = tiny_clip.cond_stage_model.clip_l
 
-    def embed_pooled(texts):  # (len, 16): CLIP-L pooled output, as in the pack
-        calls.append(len(texts))
-        rows = [tiny_clip.encode_from_tokens(tiny_clip.tokenize(t), return_pooled=True)[1] for t in texts]
-        return torch.cat(rows)
+    def embed_pooled(texts):  # CLIP-L pooled output of the loaded model, one batched forward: (len, 16)
+        tokens = [[tok for tok, _weight in tiny_clip.tokenizer.tokenize_with_weights(t)["l"][0]] for t in texts]
+        with torch.no_grad():
+            return clip_l.encode(tokens)[1]
+
+    reference = tiny_clip.encode_from_tokens(tiny_clip.tokenize("nude"), return_pooled=True)[1]  # (1, 16)
+    torch.testing.assert_close(embed_pooled(["nude", "car"])[:1], reference)
 
     cfg = EraseConfig(concept="nude", prompt="a nude girl with beautiful hair", seed=0)
     result = resolve_concepts(cfg, embed_pooled)

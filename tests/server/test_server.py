@@ -65,7 +65,9 @@ def train_prompt(object_info: dict, steps: int, lora_name: str) -> dict:
     train_inputs = {**widget_defaults(object_info[TRAIN]),
                     "model": ["1", 0], "clip": ["1", 1], "options": ["2", 0],
                     "concept": "nude", "prompt": "a nude girl with beautiful hair",
-                    "steps": steps, "rank": 4, "seed": 0, "resolution": 64, "num_images": 1, "lora_name": lora_name}
+                    "steps": steps, "rank": 4, "seed": 0, "resolution": 64, "num_images": 1, "lora_name": lora_name,
+                    # Named irrelevant concepts skip the automatic pick, which encodes ~500 vocabulary prompts.
+                    "irrelevant": "ice cream\nrainbow\nbookshelf"}
     return {
         "1": {"class_type": "EATest_TinyFluxLoader", "inputs": {"seed": 0}},
         "2": {"class_type": "EraseAnything_ErasureOptions",
@@ -157,9 +159,9 @@ def test_train_workflow_reports_progress_and_writes_lora(comfy_server, object_in
         if not bars or bars[-1][-1]["max"] != p["max"]:
             bars.append([])
         bars[-1].append(p)
-    for bar in bars:
+    for bar in bars:  # a value may repeat: a step's binary preview comes with its own progress update
         values = [p["value"] for p in bar]
-        assert values == sorted(set(values)), f"progress values not increasing: {values} (max {bar[0]['max']})"
+        assert values == sorted(values), f"progress values went backwards: {values} (max {bar[0]['max']})"
     assert progress[-1]["value"] == progress[-1]["max"], f"last progress {progress[-1]} did not reach its max"
     assert any(p["max"] >= 4 for p in progress), f"no progress bar covers the 4 steps: {progress}"
 

@@ -37,7 +37,7 @@ class TinyFluxLoader(io.ComfyNode):
             display_name="Tiny Flux Loader (EraseAnything tests)",
             category="EraseAnything/testing",
             description="Test-only: a random tiny Flux.1-dev (hidden 64, 2+2 blocks) and tiny T5 + CLIP-L.",
-            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                                  tooltip="Seed of the random weights; the same seed gives the same models.")],
             outputs=[io.Model.Output(display_name="model", tooltip="The tiny Flux as a ModelPatcher."),
                      io.Clip.Output(display_name="clip", tooltip="Tiny T5 (width 32) + CLIP-L (pooled 16).")],

@@ -63,7 +63,7 @@ def cosine_to(concept, words):
     ("a 1.5 m tall nude statue.", "nude", "a 1.5 m tall statue."),
     ("nude, nude, nude", "nude", ""),
     ("a dog in the garden", "dog", "in the garden"),
-    ("nudes on a beach", "nude", "nudes on a beach"),   # whole words only
+    ("nudes on a beach", "nude", "on a beach"),  # a word containing the concept goes too
 ])
 def test_default_anchor_removes_concept_words(prompt, concept, anchor):
     assert default_anchor(prompt, concept) == anchor
@@ -172,13 +172,20 @@ def test_k_graded_irrelevant_concepts_never_include_the_concept_or_its_synonyms(
     assert sims == sorted(sims) or k == 1  # unrelated -> far -> mid
 
 
-def test_first_irrelevant_concept_is_among_the_least_similar_words():
-    result = resolve_concepts(EraseConfig(concept="sunflower", seed=0), char_trigram_embed)
-    pool = [w for w in VOCABULARY if "sunflower" not in w]
-    sims = sorted(cosine_to("sunflower", pool))
-    first = cosine_to("sunflower", result.irrelevant[:1])[0]
-    assert first <= sims[concepts.PICK_WINDOW - 1] + 1e-6
-    assert cosine_to("sunflower", result.irrelevant[2:])[0] <= sims[len(sims) * 3 // 4]  # never a close word
+def test_irrelevant_concepts_are_unrelated_far_and_mid_never_close():
+    for seed in range(5):
+        result = resolve_concepts(EraseConfig(concept="sunflower", seed=seed), char_trigram_embed)
+        sims = sorted(cosine_to("sunflower", [w for w in VOCABULARY if "sunflower" not in w]))
+        unrelated, far, mid = cosine_to("sunflower", result.irrelevant)
+        assert unrelated <= sims[len(sims) // 10]
+        assert sims[len(sims) // 20] <= far <= sims[len(sims) // 2]
+        assert sims[len(sims) // 4] <= mid <= sims[len(sims) * 3 // 4]
+
+
+def test_ranking_embeds_a_bounded_number_of_texts():
+    embed = CountingEmbed()
+    resolve_concepts(EraseConfig(concept="nude"), embed)
+    assert len(embed.texts) == concepts.IRRELEVANT_POOL + 1
 
 
 def test_same_seed_gives_the_same_concepts_and_seeds_vary_the_picks():
