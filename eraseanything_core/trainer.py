@@ -69,6 +69,7 @@ class TrainResult:
     concepts: ConceptSet
     history: list[dict] = field(default_factory=list)
     cost: dict = field(default_factory=dict)
+    pathway: dict = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -223,6 +224,40 @@ def prepare_data(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts) -> Traj
                                    noise.to(runner.device), sigmas, store_dtype=runner.dtype)
 
 
+def pathway_swap_test(runner: FluxRunner, prompts: Prompts, trajectories: Trajectories, guidance: float,
+                      samples: int = 2) -> dict:
+    """How much of the concept reaches the image through the T5 tokens and how much through CLIP's
+    pooled vector. A q/k LoRA (the paper's target) acts on the tokens only, so a concept carried by the
+    pooled vector cannot be erased by it (add the 'vector_in' target then).
+
+    On frozen trajectory states x_t, with c = concept and a = anchor:
+        token_share  = |v(tokens c, pooled a) - v(a)| / |v(c) - v(a)|
+        pooled_share = |v(tokens a, pooled c) - v(a)| / |v(c) - v(a)|
+    """
+    c, a = prompts.concept, prompts.anchor
+    swapped_tokens = TextCond("tokens: concept, pooled: anchor", c.context, a.pooled, c.token_idx)
+    swapped_pooled = TextCond("tokens: anchor, pooled: concept", a.context, c.pooled, a.token_idx)
+    if c.context.shape != a.context.shape:  # cannot batch different text lengths; skip rather than guess
+        return {}
+    norms = {"full": 0.0, "tokens": 0.0, "pooled": 0.0}
+    with torch.no_grad(), runner.lora.disabled():
+        for i in range(min(samples, trajectories.num_images)):
+            j = trajectories.steps // 2
+            x_t = trajectories.x_t[i, j][None].expand(4, -1, -1, -1).to(runner.device)
+            v_cc, v_aa, v_ca, v_ac = runner.velocity(x_t, float(trajectories.sigmas[j]),
+                                                     [c, a, swapped_tokens, swapped_pooled], guidance).float().chunk(4)
+            norms["full"] += (v_cc - v_aa).norm().item()
+            norms["tokens"] += (v_ca - v_aa).norm().item()
+            norms["pooled"] += (v_ac - v_aa).norm().item()
+    full = max(norms["full"], 1e-12)
+    result = {"token_share": norms["tokens"] / full, "pooled_share": norms["pooled"] / full}
+    if result["pooled_share"] > result["token_share"]:
+        log.warning("the concept reaches the image more through CLIP's pooled vector (%.2f) than through the T5 "
+                    "tokens (%.2f): a q/k LoRA cannot erase that part; add the 'vector_in' target.",
+                    result["pooled_share"], result["token_share"])
+    return result
+
+
 def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callbacks: Callbacks | None = None) -> TrainResult:
     """The whole run: concepts, prompts, data, loop. Call outside inference mode, with grad enabled."""
     start = time.perf_counter()
@@ -233,12 +268,14 @@ def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callb
     runner.load()
     trajectories = prepare_data(cfg, runner, prompts)
     data_cost = runner.counter.forward_equivalents
+    pathway = pathway_swap_test(runner, prompts, trajectories, cfg.guidance_esd)
+    log.info("concept pathway: %s", pathway)
     trainer = ErasureTrainer(cfg, runner, prompts, trajectories, callbacks)
     history = trainer.run()
     c = runner.counter
     cost = {"forwards": c.forwards, "backwards": c.backwards, "forward_equivalents": c.forward_equivalents,
             "data_forward_equivalents": data_cost}
-    return TrainResult(lora=runner.lora, concepts=concepts, history=history, cost=cost,
+    return TrainResult(lora=runner.lora, concepts=concepts, history=history, cost=cost, pathway=pathway,
                        seconds=time.perf_counter() - start)
 
 

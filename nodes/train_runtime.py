@@ -59,7 +59,7 @@ def _metadata(cfg: EraseConfig, result, model) -> dict:
     return {"config": cfg.to_metadata(),
             "concepts": {"concept": result.concepts.concept, "anchor": result.concepts.anchor,
                          "synonyms": list(result.concepts.synonyms), "irrelevant": list(result.concepts.irrelevant)},
-            "cost": result.cost, "seconds": round(result.seconds, 2), "version": __version__,
+            "cost": result.cost, "pathway": result.pathway, "seconds": round(result.seconds, 2), "version": __version__,
             "base_model": lora_file.model_fingerprint(model.model.diffusion_model.state_dict().items())}
 
 

@@ -24,13 +24,17 @@ def _cfg(**changes):
     return EraseConfig(**{**base, **changes})
 
 
-def _token_stream_flux(seed=0):
-    """The tiny Flux with its pooled-vector path cut, so the concept reaches the image only through the
-    T5 tokens (as the paper finds for FLUX.1); a random tiny model otherwise reads prompts mostly from y."""
+def _flux_with_cut(keys, seed=0):
     sd = comfy_host.flux_state_dict(seed=seed, **comfy_host.TINY_FLUX)
-    for key in ("vector_in.out_layer.weight", "vector_in.out_layer.bias"):
+    for key in keys:
         sd[key].zero_()
     return comfy_host.load_flux(sd)
+
+
+def _token_stream_flux(seed=0):
+    """The tiny Flux with its pooled-vector path cut, so the concept reaches the image only through the
+    T5 tokens (as the paper finds for FLUX.1)."""
+    return _flux_with_cut(("vector_in.out_layer.weight", "vector_in.out_layer.bias"), seed)
 
 
 def _runner(cfg, model_seed=0):
@@ -123,3 +127,26 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_lora(token_cl
             train_erasure(cfg, runner, ClipText(token_clip))
     assert err.value.step == 2
     assert all(torch.isfinite(p).all() for p in runner.lora.parameters())
+
+
+def test_pathway_swap_test_tells_token_stream_from_pooled_vector(token_clip, tiny_clip):
+    """With the pooled path cut, the concept travels only through the tokens; with the token path cut,
+    only through the pooled vector (the failure mode a q/k LoRA cannot fix)."""
+    from eraseanything_core.trainer import encode_prompts, pathway_swap_test, prepare_data
+    from eraseanything_core.concepts import resolve_concepts
+
+    def shares(model, clip):
+        cfg = _cfg()
+        p = model.model.diffusion_model.params
+        lora = ErasureLoRA(flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks), cfg.rank)
+        runner = FluxRunner(model, lora)
+        with torch.inference_mode(False):
+            text = ClipText(clip)
+            prompts = encode_prompts(cfg, resolve_concepts(cfg, text.embed_pooled), text)
+            runner.load()
+            return pathway_swap_test(runner, prompts, prepare_data(cfg, runner, prompts), cfg.guidance_esd)
+
+    tokens_only = shares(_token_stream_flux(), token_clip)
+    assert tokens_only["pooled_share"] == 0.0 and tokens_only["token_share"] > 0.9
+    pooled_only = shares(_flux_with_cut(("txt_in.weight", "txt_in.bias")), tiny_clip)
+    assert pooled_only["token_share"] == 0.0 and pooled_only["pooled_share"] > 0.9
