@@ -111,8 +111,9 @@ def _image_feature(probs: torch.Tensor, n_txt: int) -> torch.Tensor:
 
 class ErasureTrainer:
     def __init__(self, cfg: EraseConfig, runner: FluxRunner, prompts: Prompts, trajectories: Trajectories,
-                 callbacks: Callbacks | None = None):
+                 callbacks: Callbacks | None = None, irrelevant_x0: torch.Tensor | None = None):
         self.cfg, self.runner, self.prompts, self.traj = cfg, runner, prompts, trajectories
+        self.irrelevant_x0 = irrelevant_x0  # (K, c, h, w), one frozen sample per irrelevant concept
         self.lora = runner.lora
         self.callbacks = callbacks or Callbacks()
         self.blocks = _attn_block_indices(cfg, len(runner.diffusion_model.double_blocks))
@@ -168,6 +169,16 @@ class ErasureTrainer:
         l_fm = losses.flow_matching_loss(_wide(v_lora), _wide(noise.to(v_lora.device)), _wide(x0.to(v_lora.device)))
         values = {"fm": l_fm.item()}
         loss = cfg.lambda_fm * l_fm
+        if cfg.lambda_preserve_irrelevant > 0 and self.irrelevant_x0 is not None:
+            # Optional: keep the frozen model's velocity on samples of the irrelevant concepts too.
+            k = self.rng.randrange(len(p.irrelevant))
+            x0_irr = self.irrelevant_x0[k][None]
+            noise_irr = torch.randn(x0_irr.shape, generator=self.gen, dtype=torch.float64).to(x0_irr.dtype)
+            v_irr = self.runner.velocity(noised(x0_irr, noise_irr, sigma).to(self.runner.device), sigma,
+                                         [p.irrelevant[k]], cfg.guidance_train)
+            l_irr = losses.flow_matching_loss(_wide(v_irr), _wide(noise_irr.to(v_irr.device)), _wide(x0_irr.to(v_irr.device)))
+            loss = loss + cfg.lambda_preserve_irrelevant * l_irr
+            values["fm_irrelevant"] = l_irr.item()
         if cfg.lambda_rsc > 0 and p.synonyms and p.irrelevant:
             synonym = self.rng.choice(p.synonyms)
             feats = []
@@ -258,6 +269,19 @@ def pathway_swap_test(runner: FluxRunner, prompts: Prompts, trajectories: Trajec
     return result
 
 
+def sample_irrelevant(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts) -> torch.Tensor | None:
+    """One frozen sample per irrelevant concept, for the optional irrelevant-concept flow matching."""
+    if cfg.lambda_preserve_irrelevant <= 0 or not prompts.irrelevant:
+        return None
+    side = cfg.resolution // 8
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    noise = torch.randn((len(prompts.irrelevant), runner.latent_channels, side, side), generator=gen)
+    sigmas = runner.sigmas(cfg.sample_steps)
+    with torch.no_grad(), runner.lora.disabled():
+        return euler_sample(lambda x, s: runner.velocity(x, s, prompts.irrelevant, cfg.guidance_esd),
+                            noise.to(runner.device), sigmas).to("cpu", runner.dtype)
+
+
 def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callbacks: Callbacks | None = None) -> TrainResult:
     """The whole run: concepts, prompts, data, loop. Call outside inference mode, with grad enabled."""
     start = time.perf_counter()
@@ -270,7 +294,7 @@ def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callb
     data_cost = runner.counter.forward_equivalents
     pathway = pathway_swap_test(runner, prompts, trajectories, cfg.guidance_esd)
     log.info("concept pathway: %s", pathway)
-    trainer = ErasureTrainer(cfg, runner, prompts, trajectories, callbacks)
+    trainer = ErasureTrainer(cfg, runner, prompts, trajectories, callbacks, sample_irrelevant(cfg, runner, prompts))
     history = trainer.run()
     c = runner.counter
     cost = {"forwards": c.forwards, "backwards": c.backwards, "forward_equivalents": c.forward_equivalents,

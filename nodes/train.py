@@ -31,7 +31,7 @@ class TrainErasureLoRA(io.ComfyNode):
                 io.Float.Input("learning_rate", default=0.001, min=0.0, max=1.0, step=0.0001, tooltip="AdamW learning rate, constant (paper: 1e-3)."),
                 io.Int.Input("rank", default=8, min=1, max=128, tooltip="LoRA rank (alpha = rank). Paper: 8."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False, tooltip="Same seed, same inputs: the same LoRA."),
-                io.Int.Input("resolution", default=512, min=64, max=2048, step=16, tooltip="Side in pixels of the concept images the model draws for training."),
+                io.Int.Input("resolution", default=512, min=16, max=2048, step=16, tooltip="Side in pixels of the concept images the model draws for training."),
                 io.Int.Input("num_images", default=8, min=1, max=64, tooltip="Concept images sampled once from the frozen model."),
                 io.String.Input("lora_name", default="erasure", tooltip="File name in models/loras (.safetensors is added; an existing file is never overwritten)."),
                 ErasureOptionsType.Input("options", optional=True, tooltip="Advanced settings from an Erasure Options node."),

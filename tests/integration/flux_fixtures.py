@@ -5,7 +5,7 @@ import torch
 from eraseanything_core.comfy_flux import FluxRunner, TextCond
 from eraseanything_core.config import EraseConfig
 from eraseanything_core.lora import ErasureLoRA, flux_targets
-from eraseanything_core.trainer import ErasureTrainer, Prompts, prepare_data
+from eraseanything_core.trainer import ErasureTrainer, Prompts, prepare_data, sample_irrelevant
 from tests import comfy_host
 
 
@@ -37,7 +37,7 @@ def make_trainer(model_patcher, cfg: EraseConfig, prompts: Prompts, lora_init_b=
     runner = FluxRunner(model_patcher, lora, cfg.gradient_checkpointing)
     runner.load()
     trajectories = prepare_data(cfg, runner, prompts)
-    return ErasureTrainer(cfg, runner, prompts, trajectories)
+    return ErasureTrainer(cfg, runner, prompts, trajectories, irrelevant_x0=sample_irrelevant(cfg, runner, prompts))
 
 
 def tiny_cfg(**changes):

@@ -48,7 +48,7 @@ def _directional_check(loss, params, directions):
 def _trainer(phase, **cfg_changes):
     model = comfy_host.tiny_flux(seed=3, dtype=torch.float64)
     # Eq. 3 and Eq. 5 weights raised so they are not drowned by Eq. 2 / Eq. 4 in the check
-    cfg = tiny_cfg(lambda_attn=0.05, lambda_rsc=0.5, **cfg_changes)
+    cfg = tiny_cfg(lambda_attn=0.05, lambda_rsc=0.5, lambda_preserve_irrelevant=0.3, **cfg_changes)
     trainer = make_trainer(model, cfg, random_prompts(dtype=torch.float64), lora_init_b=0.05)
     trainer.sigma_last = 0.6
     assert all(p.dtype == torch.float64 for p in trainer.lora.parameters())
