@@ -1,15 +1,18 @@
 # make setup: the cached test environment (venv + ComfyUI 0.3.75) and, as root, Debian Chromium for tests/browser.
 # make test:  every test layer, one ComfyUI server for the whole session.
-# make demo:  trains on the built-in tiny model and writes before/after pictures.
+# make demo:  erases a concept on the built-in tiny model and writes pictures to demo-output/.
+# make bench: the benchmarks in tests/benchmarks (results in tests/benchmarks/RESULTS.md).
 EA_CACHE ?= $(HOME)/.cache/eraseanything-comfyui
 VENV ?= $(EA_CACHE)/venv
 PYTEST_ARGS ?=
 export EA_CACHE
 
-.PHONY: setup test demo
+.PHONY: setup setup-env test demo bench
 
-setup:
+setup-env:
 	bash tools/setup_env.sh
+
+setup: setup-env
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; \
@@ -21,5 +24,8 @@ setup:
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout 600 $(PYTEST_ARGS) tests
 
-demo: setup
-	$(VENV)/bin/python -m tests.demo
+demo: setup-env
+	$(VENV)/bin/python tools/demo.py
+
+bench: setup-env
+	$(VENV)/bin/python -m tests.benchmarks.forward_equivalents

@@ -38,5 +38,10 @@ class AttentionMapInspect(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, **kwargs) -> io.NodeOutput:
-        raise NotImplementedError("Attention Map Inspect is not implemented yet in this version of EraseAnything.")
+    def execute(cls, model, clip, prompt, words, sigmas, blocks, head_reduction, mode, shared_scale, seed,
+                latent=None, image=None, vae=None) -> io.NodeOutput:
+        from . import inspect_runtime
+        result = inspect_runtime.inspect(model, clip, prompt, words, latent=latent, image=image, vae=vae,
+                                         sigmas=sigmas, blocks=blocks, head_reduction=head_reduction, mode=mode,
+                                         shared_scale=shared_scale, seed=seed, node_id=cls.hidden.unique_id)
+        return io.NodeOutput(result.grid, result.masks, result.report)

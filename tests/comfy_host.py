@@ -81,8 +81,18 @@ def load_flux(sd, dtype=None):
     return mp
 
 
-def tiny_flux(seed=0, dtype=None, **shape):
-    return load_flux(flux_state_dict(seed=seed, **{**TINY_FLUX, **shape}), dtype=dtype)
+def tiny_flux(seed=0, dtype=None, cut=(), **shape):
+    """The tiny Flux; `cut` names weights to zero, e.g. the pooled-vector path
+    ("vector_in.out_layer.weight", "vector_in.out_layer.bias") so prompts reach the image through the
+    T5 tokens only, as the paper finds for FLUX.1."""
+    sd = flux_state_dict(seed=seed, **{**TINY_FLUX, **shape})
+    for key in cut:
+        sd[key].zero_()
+    return load_flux(sd, dtype=dtype)
+
+
+POOLED_PATH = ("vector_in.out_layer.weight", "vector_in.out_layer.bias")
+TOKEN_PATH = ("txt_in.weight", "txt_in.bias")
 
 
 def tiny_clip(seed=0, contextual=True):

@@ -4,9 +4,9 @@ frozen reference really is the stock model."""
 import pytest
 import torch
 
-from eraseanything_core import losses
-from eraseanything_core.comfy_flux import AttentionCapture, ClipText, FluxRunner
+from eraseanything_core.comfy_flux import ClipText, FluxRunner
 from eraseanything_core.config import EraseConfig
+from eraseanything_core.evaluate import erasure_metrics
 from eraseanything_core.lora import ErasureLoRA, flux_targets
 from eraseanything_core.trainer import NonFiniteLossError, train_erasure
 from tests import comfy_host
@@ -24,17 +24,8 @@ def _cfg(**changes):
     return EraseConfig(**{**base, **changes})
 
 
-def _flux_with_cut(keys, seed=0):
-    sd = comfy_host.flux_state_dict(seed=seed, **comfy_host.TINY_FLUX)
-    for key in keys:
-        sd[key].zero_()
-    return comfy_host.load_flux(sd)
-
-
 def _token_stream_flux(seed=0):
-    """The tiny Flux with its pooled-vector path cut, so the concept reaches the image only through the
-    T5 tokens (as the paper finds for FLUX.1)."""
-    return _flux_with_cut(("vector_in.out_layer.weight", "vector_in.out_layer.bias"), seed)
+    return comfy_host.tiny_flux(seed=seed, cut=comfy_host.POOLED_PATH)
 
 
 def _runner(cfg, model_seed=0):
@@ -47,22 +38,11 @@ def _runner(cfg, model_seed=0):
 
 def _erasure_metrics(runner, text, cfg, n_states=6):
     """ESD loss (frozen references) and concept attention mass of the image queries, on fixed states."""
-    concept = text.encode(cfg.concept_prompt, cfg.concept)
-    anchor = text.encode("a girl with beautiful hair", None)
     gen = torch.Generator().manual_seed(123)
-    esd, mass = [], []
-    with torch.no_grad():
-        for s in range(n_states):
-            x_t = torch.randn(1, 16, 4, 4, generator=gen)
-            sigma = 0.2 + 0.6 * s / max(1, n_states - 1)
-            with runner.lora.disabled():
-                v_anchor, v_concept = runner.velocity(x_t.expand(2, -1, -1, -1), sigma, [anchor, concept], cfg.guidance_esd).chunk(2)
-            cap = AttentionCapture((1,), [concept.token_idx])
-            v_lora = runner.velocity(x_t, sigma, [concept], cfg.guidance_esd, capture=cap)
-            esd.append(losses.esd_loss(v_lora, v_anchor, v_concept, cfg.eta).item())
-            n_txt = concept.context.shape[1]
-            mass.append(cap.probs[1][0][:, :, n_txt:, :].sum(-1).mean().item())
-    return sum(esd) / len(esd), sum(mass) / len(mass)
+    states = [(torch.randn(1, 16, 4, 4, generator=gen), 0.2 + 0.6 * s / (n_states - 1)) for s in range(n_states)]
+    m = erasure_metrics(runner, text.encode(cfg.concept_prompt, cfg.concept), text.encode("a girl with beautiful hair", None),
+                        states, cfg.guidance_esd, cfg.eta)
+    return m.esd, m.attention_mass
 
 
 def _train(cfg, token_clip):
@@ -148,5 +128,5 @@ def test_pathway_swap_test_tells_token_stream_from_pooled_vector(token_clip, tin
 
     tokens_only = shares(_token_stream_flux(), token_clip)
     assert tokens_only["pooled_share"] == 0.0 and tokens_only["token_share"] > 0.9
-    pooled_only = shares(_flux_with_cut(("txt_in.weight", "txt_in.bias")), tiny_clip)
+    pooled_only = shares(comfy_host.tiny_flux(seed=0, cut=comfy_host.TOKEN_PATH), tiny_clip)
     assert pooled_only["token_share"] == 0.0 and pooled_only["pooled_share"] > 0.9
