@@ -27,8 +27,13 @@ layers and steps. In both modes the attention mass is the raw one: the share of 
 attention to text tokens that lands on each word, sum over captured calls, heads and queries of
 P(word) / the same sum of P(any text token).
 
-Memory: logits exist for `query_chunk` image queries at a time, (b, h, chunk, n); no (h, n, n) or
-(h, n_img, n) tensor is made. Everything kept is detached, float32, on the CPU.
+"Text tokens" are all n_txt T5 positions, padding included (ComfyUI pads T5 to 256 and Flux attends to
+the padding), so the shares of the prompt's words are small; they sum to <= 1 when no two words share
+a token. The output-space vectors are read from the output of ComfyUI's own kernel: nothing is recomputed.
+
+Memory: logits exist for `query_chunk` image queries at a time, (b, h, chunk, n); word sums are
+`index_add` over the words' positions (no (w, n_txt) matrix); no (h, n, n) or (h, n_img, n) tensor is
+made. Everything kept is detached, float32, on the CPU: (b, n_img, w) maps and (w,) masses.
 
 ComfyUI 0.3.75 puts `block_type` / `block_index` and (in samplers) `sigmas` into transformer_options;
 0.3.64 has no block tags, so the capture raises there. n_txt is read from `transformer_options[N_TXT_KEY]`.
@@ -163,7 +168,8 @@ def soft_masks(maps: torch.Tensor, shared_scale: bool = False) -> torch.Tensor:
     else:
         lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
     span = hi - lo
-    out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(flat))
+    safe_span = torch.where(span > 0, span, torch.ones_like(span))
+    out = torch.where(span > 0, (flat - lo) / safe_span, torch.zeros_like(flat))
     return out.reshape(maps.shape).clamp(0, 1)
 
 
@@ -234,6 +240,8 @@ class AttentionMapCapture:
             raise RuntimeError("transformer_options has no block_type/block_index: this ComfyUI does not tag "
                                "attention calls with their block (added in 0.3.75). Update ComfyUI.")
         if to["block_type"] != "double" or to["block_index"] not in self.blocks:
+            return False, None
+        if to.get("cond_or_uncond") and 0 not in to["cond_or_uncond"]:  # an uncond-only batch: another prompt
             return False, None
         sigmas = to.get("sigmas")
         sigma = None if sigmas is None else float(sigmas.flatten()[0])
@@ -319,10 +327,7 @@ def _cond_rows(cond_or_uncond, batch: int) -> torch.Tensor | slice:
     if not cond_or_uncond:
         return slice(None)
     per = batch // len(cond_or_uncond)
-    keep = [c * per + i for c, kind in enumerate(cond_or_uncond) if kind == 0 for i in range(per)]
-    if not keep:
-        raise RuntimeError("the batch holds no conditional rows to capture")
-    return torch.tensor(keep)
+    return torch.tensor([c * per + i for c, kind in enumerate(cond_or_uncond) if kind == 0 for i in range(per)])
 
 
 def _apply_mask(logits, mask, rows, start, stop, n):

@@ -62,3 +62,12 @@ def sample_trajectories(velocity: Callable[[torch.Tensor, float], torch.Tensor],
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
     """Rectified flow forward process: x_t = (1 - sigma) x0 + sigma noise."""
     return (1.0 - sigma) * x0 + sigma * noise
+
+
+def trajectories_from_latents(x0: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator) -> Trajectories:
+    """Concept latents given by the user (e.g. encoded photos) instead of sampled ones: the state at
+    step j is the rectified-flow interpolation x_t = (1 - sigma_j) x0 + sigma_j noise, with one fixed
+    noise per image. x0: (num_images, c, h, w) in model space."""
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.dtype)
+    states = torch.stack([noised(x0, noise, float(s)) for s in sigmas[:-1]], dim=1)
+    return Trajectories(x_t=states, x0=x0.clone(), noise=noise, sigmas=sigmas.to(torch.float32))

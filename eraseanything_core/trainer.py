@@ -21,7 +21,7 @@ from . import losses
 from .comfy_flux import AttentionCapture, FluxRunner, TextCond
 from .concepts import ConceptSet, augment_prompt, resolve_concepts
 from .config import EraseConfig
-from .data import Trajectories, euler_sample, noised, sample_trajectories
+from .data import Trajectories, euler_sample, noised, sample_trajectories, trajectories_from_latents
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,13 @@ class ErasureTrainer:
         return self.history
 
 
-def prepare_data(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts) -> Trajectories:
-    """The concept latents D_un with their trajectories, sampled once by the frozen model."""
+def prepare_data(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts,
+                 concept_latents: torch.Tensor | None = None) -> Trajectories:
+    """The concept latents D_un with their trajectories, sampled once by the frozen model, or built by
+    noising latents the user supplied (model space, (n, c, h, w))."""
+    if concept_latents is not None:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return trajectories_from_latents(concept_latents.to("cpu", runner.dtype), runner.sigmas(cfg.sample_steps), gen)
     side = cfg.resolution // 8
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((cfg.num_images, runner.latent_channels, side, side), generator=gen)
@@ -282,15 +287,17 @@ def sample_irrelevant(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts) ->
                             noise.to(runner.device), sigmas).to("cpu", runner.dtype)
 
 
-def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callbacks: Callbacks | None = None) -> TrainResult:
-    """The whole run: concepts, prompts, data, loop. Call outside inference mode, with grad enabled."""
+def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callbacks: Callbacks | None = None,
+                  concept_latents: torch.Tensor | None = None) -> TrainResult:
+    """The whole run: concepts, prompts, data, loop. Call outside inference mode, with grad enabled.
+    concept_latents: optional (n, c, h, w) model-space latents of the concept instead of sampling."""
     start = time.perf_counter()
     concepts = resolve_concepts(cfg, text.embed_pooled)
     log.info("erasing %r: anchor %r, synonyms %s, irrelevant %s", concepts.concept, concepts.anchor,
              list(concepts.synonyms), list(concepts.irrelevant))
     prompts = encode_prompts(cfg, concepts, text)
     runner.load()
-    trajectories = prepare_data(cfg, runner, prompts)
+    trajectories = prepare_data(cfg, runner, prompts, concept_latents)
     data_cost = runner.counter.forward_equivalents
     pathway = pathway_swap_test(runner, prompts, trajectories, cfg.guidance_esd)
     log.info("concept pathway: %s", pathway)

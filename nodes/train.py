@@ -34,6 +34,7 @@ class TrainErasureLoRA(io.ComfyNode):
                 io.Int.Input("resolution", default=512, min=16, max=2048, step=16, tooltip="Side in pixels of the concept images the model draws for training."),
                 io.Int.Input("num_images", default=8, min=1, max=64, tooltip="Concept images sampled once from the frozen model."),
                 io.String.Input("lora_name", default="erasure", tooltip="File name in models/loras (.safetensors is added; an existing file is never overwritten)."),
+                io.Latent.Input("concept_latents", optional=True, tooltip="Optional: latents of the concept (e.g. VAE-encoded photos) used instead of sampling num_images from the model."),
                 ErasureOptionsType.Input("options", optional=True, tooltip="Advanced settings from an Erasure Options node."),
             ],
             outputs=[
@@ -47,12 +48,13 @@ class TrainErasureLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, concept, steps, learning_rate, rank, seed, resolution, num_images, lora_name,
-                prompt="", anchor="", synonyms="", irrelevant="", options=None) -> io.NodeOutput:
+                prompt="", anchor="", synonyms="", irrelevant="", concept_latents=None, options=None) -> io.NodeOutput:
         from . import train_runtime
         from ..eraseanything_core.config import EraseConfig
         cfg = EraseConfig(concept=concept, prompt=prompt, anchor=anchor.strip() or None,
                           synonyms=_lines(synonyms), irrelevant=_lines(irrelevant), steps=steps,
                           learning_rate=learning_rate, rank=rank, seed=seed, resolution=resolution,
                           num_images=num_images, **(options or {}))
-        result = train_runtime.train_in_node(model, clip, cfg, lora_name, node_id=cls.hidden.unique_id)
+        latents = None if concept_latents is None else concept_latents["samples"]
+        result = train_runtime.train_in_node(model, clip, cfg, lora_name, node_id=cls.hidden.unique_id, latents=latents)
         return io.NodeOutput(result.model, result.lora, result.file_name, result.loss_image)

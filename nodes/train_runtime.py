@@ -70,14 +70,15 @@ def new_lora(cfg: EraseConfig, model) -> ErasureLoRA:
     return ErasureLoRA(targets, cfg.rank, generator=torch.Generator().manual_seed(cfg.seed), dtype=dtype)
 
 
-def train_in_node(model, clip, cfg: EraseConfig, lora_name: str, node_id=None) -> NodeResult:
+def train_in_node(model, clip, cfg: EraseConfig, lora_name: str, node_id=None, latents=None) -> NodeResult:
     folder = folder_paths.get_folder_paths("loras")[0]
     lora_file.safe_lora_path(folder, lora_name)  # refuse a bad name before hours of training
     with torch.inference_mode(False), torch.enable_grad():  # the executor runs nodes in inference mode
         lora = new_lora(cfg, model)
         runner = FluxRunner(model, lora, cfg.gradient_checkpointing)
         try:
-            result = train_erasure(cfg, runner, ClipText(clip), _callbacks(cfg, node_id))
+            concept_latents = None if latents is None else model.model.process_latent_in(latents.clone())
+            result = train_erasure(cfg, runner, ClipText(clip), _callbacks(cfg, node_id), concept_latents)
         except NonFiniteLossError as err:
             kept = lora_file.save_lora_file(lora_file.peft_state_dict(lora, torch.float32), folder,
                                             f"{lora_name}_lastgood_step{err.step - 1}", {"config": cfg.to_metadata()})

@@ -24,7 +24,8 @@ def pack():
     """The repo imported as ComfyUI imports a custom node pack: a package by directory."""
     name = "eraseanything_pack_under_test"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -62,10 +63,9 @@ def test_node_gives_one_overlay_mask_and_share_per_word_deterministically(pack, 
     assert torch.equal(grid, again[0]) and torch.equal(masks, again[1]) and report == again[2]
     other_seed = run_node(node, tiny_flux, tiny_clip, PROMPT, "nude, girl, sunset", latent, seed=8)
     assert not torch.equal(masks, other_seed[1])
-    for mode in ("output_space",):
-        _, masks_os, _ = run_node(node, tiny_flux, tiny_clip, PROMPT, "", latent, mode=mode, shared_scale=True)
-        assert masks_os.shape == (7, 128, 128)  # every word of the prompt
-        assert masks_os.max() <= 1 and masks_os.max() > 0.9  # one scale for all words: the top word reaches ~1
+    _, masks_os, _ = run_node(node, tiny_flux, tiny_clip, PROMPT, "", latent, mode="output_space", shared_scale=True)
+    assert masks_os.shape == (7, 128, 128)  # every word of the prompt
+    assert 0.9 < masks_os.max() <= 1  # one scale for all words: only the top word reaches ~1
 
 
 def spy_on_captured_calls(runtime, monkeypatch):
@@ -122,12 +122,12 @@ def test_capturing_leaves_a_comfyui_sample_bit_identical(pack, tiny_flux, tiny_c
     def sample(model):
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
         with torch.inference_mode():
-            return comfy.sample.sample(model, noise, 4, 2.5, "euler", "simple", positive, negative, latent,
+            return comfy.sample.sample(model, noise, 2, 2.5, "euler", "simple", positive, negative, latent,
                                        disable_pbar=True, seed=3)
     plain, with_capture = sample(tiny_flux), sample(captured)
     assert torch.equal(plain, with_capture)
-    assert len(capture.calls) == 8  # 2 blocks x 4 steps, cond rows of each CFG batch
-    schedule = comfy.samplers.calculate_sigmas(tiny_flux.get_model_object("model_sampling"), "simple", 4)[:-1]
+    assert len(capture.calls) == 4  # 2 blocks x 2 steps, cond rows of each CFG batch
+    schedule = comfy.samplers.calculate_sigmas(tiny_flux.get_model_object("model_sampling"), "simple", 2)[:-1]
     assert [s for _, s in capture.calls[::2]] == pytest.approx(schedule.tolist())  # each step, blocks 0 and 1
 
 
@@ -171,7 +171,8 @@ def test_long_prompt_capture_never_makes_an_n_by_n_tensor(pack, tiny_flux, tiny_
     latent = {"samples": torch.randn(1, 16, 24, 24, generator=torch.Generator().manual_seed(2))}
     words = prompt.split()[0] + ", " + prompt.split()[150]
     with torch.inference_mode():
-        result = runtime.inspect(tiny_flux, tiny_clip, prompt, words, latent=latent, sigmas="0.6", blocks="-1", mode=mode)
+        result = runtime.inspect(tiny_flux, tiny_clip, prompt, words, latent=latent, sigmas="0.6", blocks="-1",
+                                 mode=mode)
     b, h, n, d = shapes[0]
     n_img = 12 * 12
     n_txt = n - n_img

@@ -130,3 +130,13 @@ def test_pathway_swap_test_tells_token_stream_from_pooled_vector(token_clip, tin
     assert tokens_only["pooled_share"] == 0.0 and tokens_only["token_share"] > 0.9
     pooled_only = shares(comfy_host.tiny_flux(seed=0, cut=comfy_host.TOKEN_PATH), tiny_clip)
     assert pooled_only["token_share"] == 0.0 and pooled_only["pooled_share"] > 0.9
+
+
+def test_user_latents_replace_sampling(token_clip):
+    cfg = _cfg(steps=2, num_images=3)
+    model, runner = _runner(cfg)
+    latents = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode(False), torch.enable_grad():
+        result = train_erasure(cfg, runner, ClipText(token_clip), concept_latents=latents)
+    assert result.cost["data_forward_equivalents"] == 0, "no sampling when latents are given"
+    assert len(result.history) == 2
