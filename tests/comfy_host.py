@@ -74,7 +74,8 @@ def load_flux(sd, dtype=None):
     """Load a Flux state dict through ComfyUI's own `load_diffusion_model_state_dict` -> ModelPatcher."""
     import comfy.sd
     options = {"dtype": dtype} if dtype is not None else {}
-    with tiny_flux_detection():
+    real_width = sd["img_in.weight"].shape[0] == 3072  # real Flux width: the stock, unpatched detection
+    with contextlib.nullcontext() if real_width else tiny_flux_detection():
         mp = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
     if mp is None:
         raise RuntimeError("ComfyUI did not recognise the synthetic Flux state dict")

@@ -1,15 +1,16 @@
 // EraseAnything: a live loss chart on Train Erasure LoRA, fed by the node's `eraseanything.loss` events,
-// and a caption naming the concept on the live attention preview that ComfyUI shows under the node.
+// with a caption naming the concept whose attention the live preview under the node shows.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { drawCaption, drawLossChart } from "./lib/loss_chart.js";
 
 const TRAIN_NODE = "EraseAnything_TrainErasureLoRA";
 const CHART_WIDGET = "loss_chart";
-const PREVIEW_WIDGET = "$$canvas-image-preview"; // the frontend's image preview widget under a node
 const CHART_HEIGHT = 170;
+const CAPTION_HEIGHT = 18;
 
-// A canvas widget (not serialized) whose `data` holds the current run: {points, total, stale, previewStep}.
+// A canvas widget, not serialized. `data` is the current run: {points: [{step, phase, values}], total,
+// stale, previewStep}; `plotRect` is where the last draw put the lines (node coordinates).
 function lossChartWidget() {
   return {
     name: CHART_WIDGET,
@@ -18,14 +19,21 @@ function lossChartWidget() {
     serialize: false,
     options: { serialize: false },
     data: { points: [], total: 0, stale: false, previewStep: null },
+    plotRect: null,
     computeSize(width) {
-      return [width ?? 320, CHART_HEIGHT];
+      return [width ?? 320, CHART_HEIGHT + CAPTION_HEIGHT];
     },
     draw(ctx, node, width, y) {
       ctx.save();
-      if (this.data.stale) ctx.globalAlpha *= 0.45; // a new run started; this chart is the previous one
-      drawLossChart(ctx, { x: 10, y: y + 2, w: width - 20, h: CHART_HEIGHT - 4 }, this.data);
+      if (this.data.stale) ctx.globalAlpha *= 0.45; // a new run started; this is the previous run's chart
+      this.plotRect = drawLossChart(ctx, { x: 10, y: y + 2, w: width - 20, h: CHART_HEIGHT - 4 }, this.data);
       ctx.restore();
+      if (this.data.previewStep != null && node.imgs?.length) {
+        // Canvas text: the concept is user text and never becomes HTML.
+        const concept = String(node.widgets.find((w) => w.name === "concept")?.value ?? "");
+        const text = `Attention to "${concept}" at step ${this.data.previewStep} (preview below)`;
+        drawCaption(ctx, text, 12, y + CHART_HEIGHT + 3, width - 24);
+      }
     },
   };
 }
@@ -34,7 +42,7 @@ function chartOf(node) {
   return node?.widgets?.find((w) => w.name === CHART_WIDGET);
 }
 
-// detail.node / nodeId is the node's id as a string ("3"); ids inside subgraphs ("5:3") are not ours.
+// Events carry the node id as a string ("3"); ids inside subgraphs ("5:3") are not ours.
 function trainNode(id) {
   const node = app.graph?.getNodeById(Number(id));
   return node?.type === TRAIN_NODE ? node : null;
@@ -59,6 +67,8 @@ function onPreview({ detail }) {
   if (chart) chart.data.previewStep = chart.data.points.at(-1)?.step ?? null;
 }
 
+// A new run: keep the last chart (dimmed) until this node's first loss event replaces it, so a
+// cached Train node keeps showing the run that made its LoRA.
 function onRunStart() {
   for (const node of app.graph?._nodes ?? []) {
     const chart = node.type === TRAIN_NODE && chartOf(node);
@@ -78,27 +88,12 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== TRAIN_NODE) return;
-
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
       this.addCustomWidget(lossChartWidget());
       const [w, h] = this.computeSize();
       this.setSize([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
-      return result;
-    };
-
-    // Caption the live attention preview with the concept (canvas text: user text never becomes HTML).
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      const result = onDrawForeground?.apply(this, arguments);
-      const chart = chartOf(this);
-      const preview = this.widgets?.find((w) => w.name === PREVIEW_WIDGET);
-      if (chart?.data.previewStep != null && preview && this.imgs?.length && !this.flags?.collapsed) {
-        const concept = String(this.widgets.find((w) => w.name === "concept")?.value ?? "");
-        const text = `attention to "${concept}" · step ${chart.data.previewStep}`;
-        drawCaption(ctx, text, 10, preview.y + 4, this.size[0] - 20);
-      }
       return result;
     };
   },

@@ -48,7 +48,7 @@ def _directional_check(loss, params, directions):
 def _trainer(phase, **cfg_changes):
     model = comfy_host.tiny_flux(seed=3, dtype=torch.float64)
     # Eq. 3 and Eq. 5 weights raised so they are not drowned by Eq. 2 / Eq. 4 in the check
-    cfg = tiny_cfg(lambda_attn=0.05, lambda_rsc=0.5, lambda_preserve_irrelevant=0.3, **cfg_changes)
+    cfg = tiny_cfg(**{"lambda_attn": 0.05, "lambda_rsc": 0.5, "lambda_preserve_irrelevant": 0.3, **cfg_changes})
     trainer = make_trainer(model, cfg, random_prompts(dtype=torch.float64), lora_init_b=0.05)
     trainer.sigma_last = 0.6
     assert all(p.dtype == torch.float64 for p in trainer.lora.parameters())
@@ -85,3 +85,34 @@ def test_every_target_group_gradient_matches_finite_differences(phase):
     silent = [n for n, a, b in zip(names, trainer.lora.lora_A, trainer.lora.lora_B)
               if a.grad.abs().max() == 0 or b.grad.abs().max() == 0]
     assert not silent, f"no gradient reaches {silent}"
+
+
+def test_stock_blocks_under_checkpointing_fail_the_same_check():
+    """Negative control: ComfyUI's own blocks add residuals in place. Checkpointed per block, backward
+    either raises or (with other wrappings, comfyui-notes 1.9) returns a wrong gradient; either way this
+    check cannot pass on them, while ours pass it above."""
+    from torch.utils.checkpoint import checkpoint
+
+    # the flow-matching term alone: attention capture (Eq. 3, Eq. 5) lives in our blocks only
+    trainer, loss = _trainer("preserve", lambda_rsc=0.0, lambda_preserve_irrelevant=0.0)
+
+    def stock_double(block):
+        def patch(args, extra):
+            img, txt = checkpoint(lambda img, txt, vec, pe: block(img=img, txt=txt, vec=vec, pe=pe),
+                                  args["img"], args["txt"], args["vec"], args["pe"], use_reentrant=False)
+            return {"img": img, "txt": txt}
+        return patch
+
+    def stock_single(block):
+        def patch(args, extra):
+            return {"img": checkpoint(lambda x, vec, pe: block(x, vec=vec, pe=pe), args["img"], args["vec"], args["pe"],
+                                      use_reentrant=False)}
+        return patch
+
+    dm = trainer.runner.diffusion_model
+    trainer.runner.replacements = {**{("double_block", i): stock_double(b) for i, b in enumerate(dm.double_blocks)},
+                                   **{("single_block", i): stock_single(b) for i, b in enumerate(dm.single_blocks)}}
+    params = list(trainer.lora.parameters())
+    gen = torch.Generator().manual_seed(7)
+    with pytest.raises((AssertionError, RuntimeError), match="inplace|approx|=="):
+        _directional_check(loss, params, [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params])

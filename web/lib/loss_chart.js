@@ -40,7 +40,8 @@ function drawLine(ctx, points, term, plot, lastStep) {
   ctx.fillRect(x(last.step) - 2, y(last.values[term]) - 2, 4, 4);
 }
 
-// Draws the chart into rect {x, y, w, h}. data: {points: [{step, phase, values}], total}.
+// Draws the chart into rect {x, y, w, h}; data: {points: [{step, phase, values}], total}.
+// Returns the plot area {x, y, w, h} (where the lines are), or null while there are no points.
 export function drawLossChart(ctx, rect, data) {
   const { points, total } = data;
   ctx.save();
@@ -58,7 +59,7 @@ export function drawLossChart(ctx, rect, data) {
   if (!points.length) {
     ctx.fillText("Loss chart: waiting for training to start", rect.x + 8, rect.y + 8);
     ctx.restore();
-    return;
+    return null;
   }
   const last = points[points.length - 1];
   ctx.fillText(`step ${last.step} / ${total}  (${last.phase})`, rect.x + 8, rect.y + 6);
@@ -76,18 +77,16 @@ export function drawLossChart(ctx, rect, data) {
     ctx.fillText(`${term} ${formatValue(lastValue)}`, lx, ly, colW - 4);
   });
   ctx.restore();
+  return plot;
 }
 
-// A caption on a dark strip, e.g. over the attention preview image.
+// One line of caption text, e.g. naming what the attention preview below shows.
 export function drawCaption(ctx, text, x, y, maxWidth) {
   ctx.save();
   ctx.font = "12px sans-serif";
   ctx.textBaseline = "top";
   ctx.textAlign = "left";
-  const w = Math.min(maxWidth, ctx.measureText(text).width + 10);
-  ctx.fillStyle = "rgba(0, 0, 0, 0.65)";
-  ctx.fillRect(x, y, w, 18);
-  ctx.fillStyle = "#fff";
-  ctx.fillText(text, x + 5, y + 3, maxWidth - 10);
+  ctx.fillStyle = "#ddd";
+  ctx.fillText(text, x, y, maxWidth);
   ctx.restore();
 }
