@@ -48,9 +48,11 @@ def chrome(tmp_path_factory):
     # An explicit driver path: Selenium Manager never runs (it would try to download a driver).
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
-        # Hide the "Introducing Nodes 2.0" banner, which shifts the canvas.
+        # Hide the "Introducing Nodes 2.0" banner, which shifts the canvas. Raise the resource-timing buffer
+        # (250 entries by default): the frontend fills it before extensions load, hiding their URLs.
         driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
-                               {"source": "localStorage.setItem('vueNodesBannerDismissed','true')"})
+                               {"source": "localStorage.setItem('vueNodesBannerDismissed','true');"
+                                          "performance.setResourceTimingBufferSize(2000);"})
         yield driver
     finally:
         driver.quit()

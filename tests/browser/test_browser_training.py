@@ -97,9 +97,11 @@ def frontend_prompt(page, object_info: dict) -> tuple[dict, list[str]]:
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "example_workflows").glob("*.json")), ids=lambda p: p.stem)
-def test_frontend_and_converter_give_the_same_prompt(comfy_page, object_info, path):
+def test_frontend_and_converter_give_the_same_prompt(comfy_page, object_info, shots_dir, path):
     workflow = json.loads(path.read_text(encoding="utf-8"))
     load(comfy_page, workflow)
+    comfy_page.execute_script("app.canvas.draw(true, true)")
+    comfy_page.save_screenshot(str(shots_dir / f"example_{path.stem}.png"))  # for the README and by-eye review
     got, dropped = frontend_prompt(comfy_page, object_info)
     logger.info("%s: frontend-only inputs ignored: %s", path.name, dropped)
     assert got == ui_to_api(workflow, object_info)
@@ -146,6 +148,9 @@ def test_training_fills_and_draws_the_live_loss_chart(comfy_page, comfy_server, 
     assert [p["values"] for p in points] == [e["values"] for e in events if e["node"] == "2"]
     assert chart["data"]["previewStep"] is not None, "the attention preview was never matched to the node"
 
+    wait_until(lambda: page.execute_script("const n = app.graph.getNodeById(3);"
+                                           " return !!(n && n.imgs && n.imgs[0] && n.imgs[0].complete)"),
+               15, "the loss_curve image in the Preview Image node")
     shot_path = shots_dir / "training.png"
     page.execute_script("app.canvas.draw(true, true)")
     wait_until(lambda: page.execute_script(
@@ -161,15 +166,16 @@ def test_training_fills_and_draws_the_live_loss_chart(comfy_page, comfy_server, 
     assert not faint, f"loss lines missing from the chart in {shot_path}: {faint} (all: {counts})"
 
 
-def test_chart_dims_on_a_new_run_and_restarts_at_step_one(comfy_page):
+def test_chart_dims_on_a_new_run_and_restarts_at_step_one(comfy_page, object_info):
     """Synthetic events through the frontend's own api object: no server run needed."""
     page = comfy_page
+    load(page, tiny_training_workflow(object_info))
     state = page.execute_script("""
         const api = comfyAPI.api.api, node = app.graph._nodes.find(n => n.type === arguments[0]);
         const data = () => JSON.parse(JSON.stringify(node.widgets.find(w => w.name === 'loss_chart').data));
         const loss = (id, step) => api.dispatchCustomEvent('eraseanything.loss',
             {node: String(id), step, total: 3, phase: 'erase', values: {esd: 1 / step, attn: step, total: 2}});
-        if (!data().points.length) loss(node.id, 1);
+        loss(node.id, 1); loss(node.id, 2);
         const before = data();
         api.dispatchCustomEvent('execution_start', {prompt_id: 'synthetic'});
         const started = data();
@@ -177,7 +183,7 @@ def test_chart_dims_on_a_new_run_and_restarts_at_step_one(comfy_page):
         const ignored = data();
         loss(node.id, 1); loss(node.id, 2);
         return {before, started, ignored, restarted: data()};""", TRAIN)
-    assert state["before"]["points"] and not state["before"]["stale"]
+    assert [p["step"] for p in state["before"]["points"]] == [1, 2] and not state["before"]["stale"]
     assert state["started"]["stale"] and state["started"]["points"] == state["before"]["points"]
     assert state["ignored"] == state["started"]
     assert [p["step"] for p in state["restarted"]["points"]] == [1, 2]

@@ -78,7 +78,7 @@ def test_api_twin_is_the_ui_workflow_converted(object_info, name):
         f"tests/workflows/ui_to_api.py example_workflows/{name}.json --object-info <server> -o <twin>")
 
 
-def _link_problem(prompt, node_id, name, value, spec, object_info) -> str | None:
+def _link_problem(prompt, value, spec, object_info) -> str | None:
     src_id, slot = value
     if src_id not in prompt:
         return f"links to missing node {src_id}"
@@ -109,10 +109,9 @@ def _value_problem(class_type, name, value, spec) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_api_twin_matches_object_info(object_info, name):
-    """Node types, input names, required inputs, link types and widget values, as the server declares them."""
-    prompt, problems = api_twin(name), []
+def prompt_problems(prompt: dict, object_info: dict) -> list[str]:
+    """Node types, input names, required inputs, link types and widget values, against /object_info."""
+    problems = []
     for node_id, node in prompt.items():
         info = object_info.get(node["class_type"])
         if info is None:
@@ -127,12 +126,35 @@ def test_api_twin_matches_object_info(object_info, name):
             if input_name not in declared:
                 continue
             spec = declared[input_name]
-            problem = (_link_problem(prompt, node_id, input_name, value, spec, object_info) if isinstance(value, list)
+            problem = (_link_problem(prompt, value, spec, object_info) if isinstance(value, list)
                        else _value_problem(node["class_type"], input_name, value, spec))
             if problem:
                 problems.append(f"{node_id} {node['class_type']}.{input_name}: {problem}")
-    assert any(object_info[n["class_type"]]["output_node"] for n in prompt.values()), f"{name} has no output node"
+    if not any(object_info[n["class_type"]]["output_node"] for n in prompt.values() if n["class_type"] in object_info):
+        problems.append("no output node")
+    return problems
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_twin_matches_object_info(object_info, name):
+    problems = prompt_problems(api_twin(name), object_info)
     assert not problems, "\n".join(problems)
+
+
+def test_object_info_check_finds_each_kind_of_mistake(object_info):
+    """Positive control for the check above (ComfyUI 0.3.75 itself would let the COMBO one through)."""
+    prompt = api_twin("erase_concept_flux_dev")
+    (train,), (inspect, _) = node_ids(prompt, TRAIN), node_ids(prompt, "EraseAnything_AttentionMapInspect")
+    (sampler, _) = node_ids(prompt, "KSampler")
+    prompt[inspect]["inputs"]["head_reduction"] = "median"             # not a COMBO option
+    prompt[train]["inputs"]["steps"] = 0                                # below min
+    prompt[train]["inputs"]["no_such_input"] = 1                        # unknown input
+    del prompt[train]["inputs"]["concept"]                              # required input missing
+    prompt[sampler]["inputs"]["positive"] = prompt[sampler]["inputs"]["latent_image"]  # LATENT into CONDITIONING
+    problems = "\n".join(prompt_problems(prompt, object_info))
+    for expected in ("'median' not in", "steps: 0 outside", "unknown input 'no_such_input'",
+                     "required input 'concept' missing", "gets LATENT"):
+        assert expected in problems, f"{expected!r} not reported; got:\n{problems}"
 
 
 @pytest.mark.parametrize("name", NAMES)
