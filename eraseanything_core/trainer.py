@@ -96,6 +96,17 @@ def _attn_block_indices(cfg: EraseConfig, depth: int) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def _same_length_groups(conds: list[TextCond]) -> list[list[TextCond]]:
+    """Consecutive runs of prompts with the same text length: each run is one batched pass. Order kept."""
+    groups: list[list[TextCond]] = []
+    for c in conds:
+        if groups and groups[-1][0].context.shape == c.context.shape:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return groups
+
+
 def _wide(t: torch.Tensor) -> torch.Tensor:
     """Losses are taken in float32 at least (bf16 velocities), float64 when the model is float64."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -143,8 +154,9 @@ class ErasureTrainer:
         variant = self.rng.choice(p.variants)
         x_t = self._esd_state(i, j, self.traj.sigmas).to(self.runner.device)
         with torch.no_grad(), self._references():
-            v_ref_anchor, v_ref_concept = self.runner.velocity(x_t.expand(2, -1, -1, -1), sigma, [p.anchor, variant],
-                                                               cfg.guidance_esd).chunk(2)
+            v_ref_anchor, v_ref_concept = [v for group in _same_length_groups([p.anchor, variant]) for v in
+                                           self.runner.velocity(x_t.expand(len(group), -1, -1, -1), sigma, group,
+                                                                cfg.guidance_esd).split(1)]
         capture = AttentionCapture(self.blocks, [variant.token_idx])
         v_lora_concept = self.runner.velocity(x_t, sigma, [variant], cfg.guidance_esd, capture=capture)
         l_esd = losses.esd_loss(_wide(v_lora_concept), _wide(v_ref_anchor), _wide(v_ref_concept), cfg.eta)
@@ -183,10 +195,10 @@ class ErasureTrainer:
             synonym = self.rng.choice(p.synonyms)
             feats = []
             with torch.no_grad(), self._references():
-                for c in [synonym] + p.irrelevant:  # truncated passes, one per prompt: text lengths may differ
-                    ref_capture = AttentionCapture((block,), [c.token_idx], stop_after=block)
-                    self.runner.velocity(x_t, sigma, [c], cfg.guidance_esd, capture=ref_capture)
-                    feats.append(_image_feature(ref_capture.probs[block][0], c.context.shape[1]))
+                for group in _same_length_groups([synonym] + p.irrelevant):  # truncated after the block
+                    ref_capture = AttentionCapture((block,), [c.token_idx for c in group], stop_after=block)
+                    self.runner.velocity(x_t.expand(len(group), -1, -1, -1), sigma, group, cfg.guidance_esd, capture=ref_capture)
+                    feats += [_image_feature(pr, c.context.shape[1]) for pr, c in zip(ref_capture.probs[block], group)]
             center = _image_feature(capture.probs[block][0], variant.context.shape[1])
             l_rsc = losses.reverse_contrastive_loss(center, feats[0], torch.stack(feats[1:], dim=1), cfg.tau)
             loss = loss + cfg.lambda_rsc * l_rsc
