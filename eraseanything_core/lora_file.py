@@ -97,7 +97,7 @@ def save_lora_file(state_dict: dict[str, torch.Tensor], folder, name: str, metad
     """
     if not state_dict:
         raise ValueError("the LoRA has no tensors to save; check the target groups.")
-    header = _encode_metadata(metadata)
+    header = encode_metadata(metadata)
     tensors = {key: t.detach().to("cpu").contiguous() for key, t in state_dict.items()}
     path = _free_path(safe_lora_path(folder, name))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,8 @@ def model_fingerprint(state_dict_items, samples_per_tensor: int = 1024) -> str:
     return digest.hexdigest()[:16]
 
 
-def _encode_metadata(metadata: dict) -> dict[str, str]:
+def encode_metadata(metadata: dict) -> dict[str, str]:
+    """The safetensors header form: {"format": "pt", "eraseanything.<key>": JSON string}."""
     header = {"format": "pt", f"{METADATA_PREFIX}version": json.dumps(__version__)}
     for key, value in (metadata or {}).items():
         full_key = key if key.startswith(METADATA_PREFIX) else METADATA_PREFIX + key

@@ -93,4 +93,5 @@ def train_in_node(model, clip, cfg: EraseConfig, lora_name: str, node_id=None, l
              result.seconds, result.cost["forward_equivalents"])
     erased, _ = comfy.sd.load_lora_for_models(model, None, state_dict, 1.0, 0)
     chart = visual.to_image_tensor(visual.loss_chart(result.history))
-    return NodeResult(erased, {"state_dict": state_dict, "metadata": metadata}, path.name, chart)
+    # the in-graph LoRA carries the same metadata as the file header, so Apply describes both alike
+    return NodeResult(erased, {"state_dict": state_dict, "metadata": lora_file.encode_metadata(metadata)}, path.name, chart)
