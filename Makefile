@@ -7,7 +7,7 @@ VENV ?= $(EA_CACHE)/venv
 PYTEST_ARGS ?=
 export EA_CACHE
 
-.PHONY: setup setup-env test demo bench
+.PHONY: setup setup-env test demo bench gpu-check
 
 setup-env:
 	bash tools/setup_env.sh
@@ -29,3 +29,7 @@ demo: setup-env
 
 bench: setup-env
 	$(VENV)/bin/python -m tests.benchmarks.forward_equivalents
+	$(VENV)/bin/python -m tests.benchmarks.speed_memory
+
+gpu-check: setup-env
+	bash tests/benchmarks/gpu_check.sh

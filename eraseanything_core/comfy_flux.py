@@ -202,6 +202,10 @@ class FluxRunner:
         if lora is not None:
             for key in lora.weight_keys:
                 self.patcher.add_weight_wrapper(f"diffusion_model.{key}", lora.wrapper(key))
+        if not gradient_checkpointing and self.patcher.model.get_dtype() in (torch.float8_e4m3fn, torch.float8_e5m2):
+            # fp8 weights are cast per call and autograd would keep every cast copy (~15 GiB on FLUX.1-dev)
+            log.info("fp8 base weights: turning on gradient checkpointing")
+            gradient_checkpointing = True
         self.replacements = block_replacements(dm, gradient_checkpointing)
         self.counter = PassCounter()
         self.total_blocks = len(dm.double_blocks) + len(dm.single_blocks)
