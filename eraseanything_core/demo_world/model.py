@@ -1,0 +1,199 @@
+"""The demo world's models, built from ComfyUI's own classes (every `comfy` import is inside a function).
+
+- Flux: `comfy.ldm.flux.model.Flux` at hidden 128, 4 heads of 32 (RoPE axes 8+12+12), 2 double + 2
+  single blocks, guidance embedding on, T5 width 64, pooled width 32; 16-channel latents, patch 2, so a
+  16x16 latent is 64 image tokens. Loaded by `comfy.sd.load_diffusion_model_state_dict`, with a
+  detection fix (ComfyUI derives 24 heads and axes [16, 56, 56] for every Flux).
+- Text: ComfyUI's FluxClipModel (T5 + CLIP-L) at tiny sizes behind ComfyUI's FluxTokenizer; the T5
+  stream is padded to 16 tokens (tokenizer option `t5xxl_min_length`), so a caption is 16 text tokens.
+- VAE: `comfy.sd.VAE` with our pixel-unshuffle first stage (vae.py), so VAEEncode/VAEDecode work.
+"""
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from .vae import PixelUnshuffleVAE
+
+FLUX = dict(hidden=128, heads=4, axes_dim=(8, 12, 12), depth=2, depth_single=2, context=64, vec=32)
+T5 = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers": 2}
+CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+          "projection_dim": 32}
+T5_TOKENS = 16
+FLUX_FILE, TEXT_FILE, JUDGE_FILE = "flux.safetensors", "text_encoders.safetensors", "judge.safetensors"
+
+
+@contextlib.contextmanager
+def tiny_flux_detection():
+    """ComfyUI's Flux detection hard-codes 24 heads and RoPE axes [16, 56, 56] (head dim 128). For other
+    widths, derive heads and axes from the weights (head dim = size of the q norm); the rest is stock."""
+    import comfy.model_detection as md
+    original = md.detect_unet_config
+
+    def detect(state_dict, key_prefix, metadata=None):
+        cfg = original(state_dict, key_prefix, metadata=metadata)
+        if cfg and cfg.get("image_model") == "flux" and cfg.get("hidden_size") != 3072:
+            head_dim = state_dict[f"{key_prefix}double_blocks.0.img_attn.norm.key_norm.scale"].shape[0]
+            cfg["num_heads"] = cfg["hidden_size"] // head_dim
+            first = head_dim - 2 * (3 * head_dim // 8)
+            cfg["axes_dim"] = [first, 3 * head_dim // 8, 3 * head_dim // 8]
+        return cfg
+
+    md.detect_unet_config = detect
+    try:
+        yield
+    finally:
+        md.detect_unet_config = original
+
+
+def flux_module(device="cpu"):
+    """An uninitialised Flux module of the demo world's shape (weights on `device`; "meta" for keys)."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+    f = FLUX
+    return Flux(in_channels=16, out_channels=16, vec_in_dim=f["vec"], context_in_dim=f["context"],
+                hidden_size=f["hidden"], mlp_ratio=4.0, num_heads=f["heads"], depth=f["depth"],
+                depth_single_blocks=f["depth_single"], axes_dim=list(f["axes_dim"]), theta=10000, patch_size=2,
+                qkv_bias=True, guidance_embed=True, device=device, dtype=torch.float32,
+                operations=comfy.ops.disable_weight_init)
+
+
+def init_flux_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """Seeded initial weights, keyed as ComfyUI saves a Flux: Linear weights N(0, 0.02), biases 0,
+    RMSNorm scales 1, and the final projection 0 (the untrained model predicts v = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, p in flux_module("meta").state_dict().items():
+        if name.endswith(".scale"):
+            sd[name] = torch.ones(p.shape)
+        elif name.endswith(".bias") or name.startswith("final_layer.linear"):
+            sd[name] = torch.zeros(p.shape)
+        else:
+            sd[name] = torch.randn(p.shape, generator=gen) * 0.02
+    return sd
+
+
+def load_flux(state_dict: dict[str, torch.Tensor]):
+    """A ComfyUI ModelPatcher (model_base.Flux, guidance embedding on) from a demo-world state dict."""
+    import comfy.sd
+    with tiny_flux_detection():
+        patcher = comfy.sd.load_diffusion_model_state_dict(state_dict, model_options={"dtype": torch.float32})
+    if patcher is None:
+        raise RuntimeError("ComfyUI did not recognise the demo world's Flux state dict")
+    return patcher
+
+
+def make_clip(state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0):
+    """A comfy.sd.CLIP: tiny T5 + CLIP-L behind ComfyUI's FluxTokenizer; T5 padded to T5_TOKENS tokens.
+    Weights from `state_dict` (keys of `clip.cond_stage_model`), else seeded random ones (init_text)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux as tf
+    options = {"clip_l_model_config": CLIP_L, "t5xxl_model_config": T5, "dtype": torch.float32}
+    target = comfy.supported_models_base.ClipTarget(tf.FluxTokenizer, tf.flux_clip())
+    clip = comfy.sd.CLIP(target=target, tokenizer_data={"t5xxl_min_length": T5_TOKENS}, model_options=options)
+    with torch.no_grad():
+        if state_dict is None:
+            init_text(clip.cond_stage_model, seed)
+        else:
+            missing, unexpected = clip.cond_stage_model.load_state_dict(state_dict, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"text encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return clip
+
+
+def init_text(model: torch.nn.Module, seed: int):
+    """Seeded weights for the text pair: norms identity, embeddings N(0, 1), matrices N(0, 1/fan_in)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
+        elif "embed" in name or "relative_attention_bias" in name or p.ndim < 2:
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.1 if p.ndim < 2 else 1.0))
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+
+
+def tokenize(clip, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids with ComfyUI's FluxTokenizer: T5 (each T5_TOKENS long) and CLIP-L (each 77 long)."""
+    t5, clip_l = [], []
+    for text in texts:
+        tokens = clip.tokenize(text)
+        t5.append([t for t, _ in tokens["t5xxl"][0]])
+        clip_l.append([t for t, _ in tokens["l"][0]])
+        if len(t5[-1]) != T5_TOKENS:
+            raise ValueError(f"caption {text!r} is {len(t5[-1])} T5 tokens; the demo world allows {T5_TOKENS}")
+    return t5, clip_l
+
+
+def encode(clip_model, t5_ids: list[list[int]], clip_l_ids: list[list[int]]):
+    """Batched text encoding: context (b, 16, 64) from T5 (differentiable), pooled (b, 32) from CLIP-L
+    (no gradient: ComfyUI's CLIP adds residuals in place, and the world keeps CLIP-L at its seeded
+    random weights, see training.py). Same values as CLIPTextEncode (tests check it); `clip_model` is
+    `clip.cond_stage_model`."""
+    context, _ = clip_model.t5xxl(t5_ids)
+    with torch.no_grad():
+        _, pooled = clip_model.clip_l(clip_l_ids)
+    return context, pooled
+
+
+def _t5_ff_forward(self, x):
+    return x + self.DenseReluDense(self.layer_norm(x))
+
+
+def _t5_attention_forward(self, x, mask=None, past_bias=None, optimized_attention=None):
+    output, past_bias = self.SelfAttention(self.layer_norm(x), mask=mask, past_bias=past_bias,
+                                           optimized_attention=optimized_attention)
+    return x + output, past_bias
+
+
+def make_t5_trainable(clip_model):
+    """ComfyUI's T5 layers add residuals in place (`x += ...`), which autograd refuses. Give these
+    instances (only) out-of-place forwards with the same values, and make the T5 weights trainable."""
+    import types
+    from comfy.text_encoders.t5 import T5LayerFF, T5LayerSelfAttention
+    for module in clip_model.t5xxl.modules():
+        if isinstance(module, T5LayerFF):
+            module.forward = types.MethodType(_t5_ff_forward, module)
+        elif isinstance(module, T5LayerSelfAttention):
+            module.forward = types.MethodType(_t5_attention_forward, module)
+    clip_model.t5xxl.requires_grad_(True)
+
+
+def make_vae():
+    """A comfy.sd.VAE around PixelUnshuffleVAE: 32x32 image <-> 16x16 latent with 16 channels.
+
+    Built through ComfyUI's pixel-space VAE branch (the state-dict key `pixel_space_vae`), then given
+    our first stage, ratio 2 and 16 latent channels; encode/decode, tiling and memory estimates are stock.
+    """
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+    vae.first_stage_model = PixelUnshuffleVAE().eval().to(vae.vae_dtype)
+    vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
+                                                   offload_device=comfy.model_management.vae_offload_device())
+    vae.downscale_ratio = vae.upscale_ratio = 2
+    vae.latent_channels = 16
+    vae.size = None
+    return vae
+
+
+def untrained_world(seed: int = 0):
+    """(MODEL, CLIP, VAE) with seeded random weights: for tests that must not depend on trained files."""
+    return load_flux(init_flux_state_dict(seed)), make_clip(seed=seed), make_vae()
+
+
+def load_world(directory: Path):
+    """(MODEL, CLIP, VAE) from the trained files in `directory` (flux.safetensors, text_encoders.safetensors)."""
+    import comfy.utils
+    directory = Path(directory)
+    missing = [name for name in (FLUX_FILE, TEXT_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"demo world weights not found: {', '.join(str(directory / m) for m in missing)}. Train them with "
+            "`python tools/train_demo_world.py` from the pack's folder (about an hour on two CPU cores).")
+    flux_sd = {k: v.float() for k, v in comfy.utils.load_torch_file(str(directory / FLUX_FILE), safe_load=True).items()}
+    text_sd = {k: v.float() for k, v in comfy.utils.load_torch_file(str(directory / TEXT_FILE), safe_load=True).items()}
+    return load_flux(flux_sd), make_clip(text_sd), make_vae()

@@ -1,0 +1,116 @@
+"""The demo world's pictures: coloured shapes on a plain background, their masks and their captions.
+
+Plain numpy/torch, no host. Everything is drawn from one `numpy.random.Generator`, so a seed fixes the
+images, the masks and the captions. A 32x32 image has one shape (circle, square, triangle, cross) in one
+colour at a random position and size on a dark grey background. Every shape has one or two synonyms
+("disc", "box", ...) that the captions use as often as the name itself, so an erasure can be scored on
+words the model knows for the same thing (the paper's generality metric, Acc_g).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SIZE = 32
+SHAPES = ("circle", "square", "triangle", "cross")
+SYNONYMS = {"circle": ("disc", "dot"), "square": ("box", "block"), "triangle": ("wedge", "delta"), "cross": ("plus",)}
+COLOURS = {"red": (0.90, 0.15, 0.15), "green": (0.15, 0.80, 0.20), "blue": (0.20, 0.35, 0.95),
+           "yellow": (0.95, 0.85, 0.10)}
+COLOUR_NAMES = tuple(COLOURS)
+BACKGROUND = (0.15, 0.15, 0.15)
+
+# {c} colour word, {s} shape word. Full captions name both; partial ones name one or none, so "a shape"
+# and "a red shape" mean something (an anchor that does not depict a given shape, Acc_e's floor).
+FULL_TEMPLATES = ("a {c} {s}", "a {s} painted {c}", "a {c} {s} on a plain background", "{c} {s}",
+                  "a picture of a {c} {s}", "the {s} is {c}", "one {c} {s}")
+SHAPE_TEMPLATES = ("a {s}", "a picture of a {s}", "one {s}")
+COLOUR_TEMPLATES = ("a {c} shape", "something {c}")
+NEUTRAL_CAPTIONS = ("a shape", "")
+
+
+def shape_words(shape: str) -> tuple[str, ...]:
+    """The name and its synonyms, name first."""
+    return (shape,) + SYNONYMS[shape]
+
+
+@dataclass
+class Batch:
+    """images (n, 3, 32, 32) float32 in [0, 1]; masks (n, 32, 32) bool; shape_idx, colour_idx (n,) int64."""
+    images: torch.Tensor
+    masks: torch.Tensor
+    shape_idx: torch.Tensor
+    colour_idx: torch.Tensor
+
+
+def shape_mask(shape: str, cy: float, cx: float, r: float, size: int = SIZE) -> np.ndarray:
+    """(size, size) bool mask of one shape with centre (cy, cx) and half-extent r, in pixels."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dy, dx = y - cy, x - cx
+    if shape == "circle":
+        return dy * dy + dx * dx <= r * r
+    if shape == "square":
+        s = 0.85 * r  # same area scale as the circle, roughly
+        return (np.abs(dy) <= s) & (np.abs(dx) <= s)
+    if shape == "triangle":  # apex up; rows cy - r (apex) to cy + 0.8 r (base, width 2r)
+        top, bottom = cy - r, cy + 0.8 * r
+        half_width = (y - top) / (bottom - top) * r
+        return (y >= top) & (y <= bottom) & (np.abs(dx) <= half_width)
+    if shape == "cross":
+        arm = 0.35 * r
+        return ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
+    raise ValueError(f"shape: unknown shape {shape!r}; use one of {SHAPES}")
+
+
+def draw(shape_idx, colour_idx, rng: np.random.Generator, size: int = SIZE) -> Batch:
+    """Draw one image per (shape, colour) pair at a random position and size (half-extent 6-12 px)."""
+    shape_idx = np.asarray(shape_idx, dtype=np.int64)
+    colour_idx = np.asarray(colour_idx, dtype=np.int64)
+    n = len(shape_idx)
+    r = rng.uniform(6.0, 12.0, n)
+    cy = rng.uniform(r + 1, size - r - 1)
+    cx = rng.uniform(r + 1, size - r - 1)
+    masks = np.stack([shape_mask(SHAPES[s], cy[i], cx[i], r[i], size) for i, s in enumerate(shape_idx)])
+    colours = np.array([COLOURS[COLOUR_NAMES[c]] for c in colour_idx], dtype=np.float32)  # (n, 3)
+    background = np.array(BACKGROUND, dtype=np.float32)
+    images = np.where(masks[:, None], colours[:, :, None, None], background[None, :, None, None])
+    return Batch(torch.from_numpy(images.astype(np.float32)), torch.from_numpy(masks),
+                 torch.from_numpy(shape_idx), torch.from_numpy(colour_idx))
+
+
+def sample(n: int, rng: np.random.Generator) -> Batch:
+    """n images with uniformly random shapes and colours."""
+    return draw(rng.integers(0, len(SHAPES), n), rng.integers(0, len(COLOURS), n), rng)
+
+
+def caption(shape: str, colour: str, rng: np.random.Generator, p_partial: float = 0.0) -> str:
+    """A caption for a (shape, colour) image: a random full template with the name or a synonym (each
+    word of the shape equally likely). With probability p_partial: a caption that leaves out the
+    colour, the shape or both (split 0.4 / 0.4 / 0.2)."""
+    words = shape_words(shape)
+    s = words[rng.integers(len(words))]
+    if rng.random() < p_partial:
+        u = rng.random()
+        if u < 0.4:
+            return SHAPE_TEMPLATES[rng.integers(len(SHAPE_TEMPLATES))].format(s=s)
+        if u < 0.8:
+            return COLOUR_TEMPLATES[rng.integers(len(COLOUR_TEMPLATES))].format(c=colour)
+        return NEUTRAL_CAPTIONS[rng.integers(len(NEUTRAL_CAPTIONS))]
+    return FULL_TEMPLATES[rng.integers(len(FULL_TEMPLATES))].format(c=colour, s=s)
+
+
+def captions(batch: Batch, rng: np.random.Generator, p_partial: float = 0.0) -> list[str]:
+    return [caption(SHAPES[s], COLOUR_NAMES[c], rng, p_partial) for s, c in zip(batch.shape_idx.tolist(), batch.colour_idx.tolist())]
+
+
+def all_captions() -> list[str]:
+    """Every caption the generator can write, sorted (a closed set: ~250 strings)."""
+    out = set(NEUTRAL_CAPTIONS)
+    for shape in SHAPES:
+        for s in shape_words(shape):
+            out.update(t.format(s=s) for t in SHAPE_TEMPLATES)
+            for c in COLOUR_NAMES:
+                out.update(t.format(c=c, s=s) for t in FULL_TEMPLATES)
+    for c in COLOUR_NAMES:
+        out.update(t.format(c=c) for t in COLOUR_TEMPLATES)
+    return sorted(out)

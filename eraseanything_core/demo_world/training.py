@@ -1,0 +1,130 @@
+"""Training and sampling the demo world: rectified flow on ComfyUI's Flux module and T5, jointly.
+
+Model space: x0 (b, 16, 16, 16) are the pixel-unshuffled images in [-1, 1] (vae.py), noise e ~ N(0, I),
+x_t = (1 - t) x0 + t e with t ~ U(0, 1), and the Flux predicts v = e - x0 (ComfyUI's CONST sampling:
+x0 = x_t - t v), as in FLUX.1. Loss: mean squared error on v.
+
+The pooled vector y is made caption-independent: with probability 1 - p_pooled_true a sample's y is the
+pooled CLIP-L vector of a random caption from the whole caption set (another picture's, usually), and
+only with p_pooled_true its own. The tokens always tell the truth, so the model learns to read the
+concept from the T5 stream, as FLUX.1 does; y stays in distribution (always a real encoder output).
+`swap_test` measures it. Guidance is drawn from U(1, 5) (no distillation: the model learns to ignore it).
+CLIP-L keeps its seeded random weights (ComfyUI's CLIP adds residuals in place, and a pooled vector that
+carries no information needs no training); T5 is trained with the Flux.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import model as world_model
+from . import shapes
+from .vae import model_space_to_pixels, pixels_to_model_space
+
+
+@dataclass
+class TextTable:
+    """Every caption of the closed caption set, tokenized once by ComfyUI's FluxTokenizer. CLIP-L is
+    frozen (its seeded random weights), so the pooled vectors are computed once: pooled (n_captions, 32)."""
+    captions: list[str]
+    index: dict[str, int]
+    t5_ids: list[list[int]]
+    pooled: torch.Tensor
+
+    @classmethod
+    def build(cls, clip, extra: tuple[str, ...] = ()) -> "TextTable":
+        captions = sorted(set(shapes.all_captions()) | set(extra))
+        t5_ids, clip_l_ids = world_model.tokenize(clip, captions)
+        _, pooled = world_model.encode(clip.cond_stage_model, t5_ids[:1], clip_l_ids)
+        return cls(captions, {c: i for i, c in enumerate(captions)}, t5_ids, pooled)
+
+    def context(self, clip_model, texts: list[str]) -> torch.Tensor:
+        """T5 stream (b, 16, 64) for `texts`, each distinct caption encoded once; differentiable."""
+        rows = [self.index[t] for t in texts]
+        unique = sorted(set(rows))
+        context, _ = clip_model.t5xxl([self.t5_ids[r] for r in unique])
+        return context[torch.tensor([unique.index(r) for r in rows])]
+
+    def pooled_for(self, texts: list[str]) -> torch.Tensor:
+        return self.pooled[torch.tensor([self.index[t] for t in texts])]
+
+    def encode(self, clip_model, texts: list[str]):
+        return self.context(clip_model, texts), self.pooled_for(texts)
+
+
+def velocity(flux, x_t, t, context, pooled, guidance):
+    """v (b, 16, h, w) from the plain Flux module; blocks run out of place so autograd works."""
+    from ..comfy_flux import block_replacements
+    to = {"patches_replace": {"dit": block_replacements(flux)}}
+    return flux(x_t, t, context, y=pooled, guidance=guidance, transformer_options=to)
+
+
+def flow_loss(flux, clip_model, table: TextTable, images, texts, gen: torch.Generator, p_pooled_true: float):
+    """Rectified-flow loss for images (b, 3, 32, 32) in [0, 1] with captions `texts`."""
+    b = images.shape[0]
+    x0 = pixels_to_model_space(images * 2 - 1)                                     # (b, 16, 16, 16)
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.rand((b,), generator=gen)
+    x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+    swap = torch.rand((b,), generator=gen) >= p_pooled_true
+    other = torch.randint(0, len(table.captions), (b,), generator=gen)
+    pooled_texts = [table.captions[o] if s else txt for txt, s, o in zip(texts, swap.tolist(), other.tolist())]
+    context = table.context(clip_model, texts)
+    pooled = table.pooled_for(pooled_texts)
+    guidance = 1 + 4 * torch.rand((b,), generator=gen)
+    v_pred = velocity(flux, x_t, t, context, pooled, guidance)
+    return F.mse_loss(v_pred, noise - x0)
+
+
+@torch.no_grad()
+def sample(flux, context, pooled, gen: torch.Generator, steps: int = 16, guidance: float = 3.5) -> torch.Tensor:
+    """Euler from t=1 to 0 on a uniform grid: images (b, 3, 32, 32) in [0, 1] for context (b, n, 64), pooled (b, 32)."""
+    b = context.shape[0]
+    x = torch.randn((b, 16, 16, 16), generator=gen)
+    ts = torch.linspace(1, 0, steps + 1)
+    g = torch.full((b,), guidance)
+    for t_now, t_next in zip(ts[:-1], ts[1:]):
+        v = velocity(flux, x, torch.full((b,), float(t_now)), context, pooled, g)
+        x = x + (t_next - t_now) * v
+    return ((model_space_to_pixels(x) + 1) / 2).clamp(0, 1)
+
+
+def prompt_grid(per_pair: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Prompts "a {colour} {shape}" for every pair, per_pair times: texts, shape_idx, colour_idx."""
+    texts, s_idx, c_idx = [], [], []
+    for si, shape in enumerate(shapes.SHAPES):
+        for ci, colour in enumerate(shapes.COLOUR_NAMES):
+            texts += [f"a {colour} {shape}"] * per_pair
+            s_idx += [si] * per_pair
+            c_idx += [ci] * per_pair
+    return texts, torch.tensor(s_idx), torch.tensor(c_idx)
+
+
+@torch.no_grad()
+def prompt_accuracy(flux, clip_model, table, judge, seed: int, per_pair: int = 4, steps: int = 16):
+    """(shape accuracy, colour accuracy) of the judge on samples of every "a {colour} {shape}" prompt."""
+    texts, s_idx, c_idx = prompt_grid(per_pair)
+    context, pooled = table.encode(clip_model, texts)
+    images = sample(flux, context, pooled, torch.Generator().manual_seed(seed), steps)
+    s_pred, c_pred = judge.predict(images)
+    return (s_pred == s_idx).float().mean().item(), (c_pred == c_idx).float().mean().item()
+
+
+@torch.no_grad()
+def swap_test(flux, clip_model, table, judge, shape: str, seed: int, n: int = 64, steps: int = 16,
+              neutral: str = "a shape") -> dict[str, float]:
+    """Share of samples the judge calls `shape` when the concept reaches the model by one path only:
+    tokens of "a {shape}" with the pooled vector of `neutral`, and the other way round; both paths and
+    neither as references."""
+    concept = f"a {shape}"
+    target = shapes.SHAPES.index(shape)
+    ctx_c, pool_c = table.encode(clip_model, [concept] * n)
+    ctx_n, pool_n = table.encode(clip_model, [neutral] * n)
+    out = {}
+    for name, ctx, pool in (("both", ctx_c, pool_c), ("tokens_only", ctx_c, pool_n),
+                            ("pooled_only", ctx_n, pool_c), ("neither", ctx_n, pool_n)):
+        images = sample(flux, ctx, pool, torch.Generator().manual_seed(seed), steps)
+        out[name] = (judge.predict(images)[0] == target).float().mean().item()
+    return out
+

@@ -1,0 +1,74 @@
+"""The demo world's plain-torch parts: the picture generator, its captions, the pixel VAE, the judge."""
+
+import numpy as np
+import torch
+
+from eraseanything_core.demo_world import judge as judge_lib
+from eraseanything_core.demo_world import shapes
+from eraseanything_core.demo_world.vae import (FLUX_SCALE, FLUX_SHIFT, PixelUnshuffleVAE, model_space_to_pixels,
+                                               pixels_to_model_space)
+
+
+def test_same_seed_gives_identical_pictures_masks_and_captions():
+    a_rng, b_rng = np.random.default_rng(7), np.random.default_rng(7)
+    a, b = shapes.sample(32, a_rng), shapes.sample(32, b_rng)
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    assert shapes.captions(a, a_rng, 0.3) == shapes.captions(b, b_rng, 0.3)
+    c = shapes.sample(32, np.random.default_rng(8))
+    assert not torch.equal(a.images, c.images)
+
+
+def test_masks_cover_exactly_the_coloured_pixels():
+    data = shapes.sample(200, np.random.default_rng(0))
+    background = torch.tensor(shapes.BACKGROUND)[:, None]
+    for image, mask, c in zip(data.images, data.masks, data.colour_idx):
+        colour = torch.tensor(shapes.COLOURS[shapes.COLOUR_NAMES[c]])[:, None]
+        assert 20 < mask.sum() < 32 * 32 // 2, "a shape is visible and leaves background around it"
+        assert torch.allclose(image[:, mask], colour.expand(-1, int(mask.sum())))
+        assert torch.allclose(image[:, ~mask], background.expand(-1, int((~mask).sum())))
+        assert not mask[0].any() and not mask[-1].any() and not mask[:, 0].any() and not mask[:, -1].any()
+
+
+def test_every_shape_and_colour_appears_and_shapes_differ():
+    data = shapes.sample(400, np.random.default_rng(1))
+    assert set(data.shape_idx.tolist()) == set(range(4)) and set(data.colour_idx.tolist()) == set(range(4))
+    masks = [shapes.shape_mask(s, 16, 16, 10) for s in shapes.SHAPES]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert (masks[i] != masks[j]).sum() > 20, (shapes.SHAPES[i], shapes.SHAPES[j])
+
+
+def test_captions_use_the_synonyms_and_stay_in_the_closed_set():
+    rng = np.random.default_rng(2)
+    data = shapes.sample(2000, rng)
+    texts = shapes.captions(data, rng, p_partial=0.2)
+    closed = set(shapes.all_captions())
+    assert set(texts) <= closed
+    words = " ".join(texts).split()
+    for shape in shapes.SHAPES:
+        for word in shapes.shape_words(shape):
+            assert word in words, word
+    full = shapes.captions(data, np.random.default_rng(3), p_partial=0.0)
+    for text, s, c in zip(full, data.shape_idx.tolist(), data.colour_idx.tolist()):
+        assert shapes.COLOUR_NAMES[c] in text.split()
+        assert any(w in text.split() for w in shapes.shape_words(shapes.SHAPES[s])), text
+
+
+def test_pixel_vae_round_trips_and_model_space_is_the_pixels():
+    pixels = torch.rand(3, 3, 32, 32) * 2 - 1
+    x = pixels_to_model_space(pixels)
+    assert x.shape == (3, 16, 16, 16) and torch.equal(x[:, 12:], torch.zeros(3, 4, 16, 16))
+    assert torch.equal(x[0, :3, 0, 0], pixels[0, :, 0, 0].new_tensor([pixels[0, 0, 0, 0], pixels[0, 0, 0, 1], pixels[0, 0, 1, 0]]))
+    assert torch.equal(model_space_to_pixels(x), pixels)
+    vae = PixelUnshuffleVAE()
+    z = vae.encode(pixels)
+    assert torch.allclose((z - FLUX_SHIFT) * FLUX_SCALE, x, atol=1e-6), "ComfyUI's Flux latent format maps z back to the pixels"
+    assert torch.allclose(vae.decode(z), pixels, atol=1e-6)
+
+
+def test_judge_outputs_one_prediction_per_image():
+    torch.manual_seed(0)
+    judge = judge_lib.Judge().eval()
+    shape_idx, colour_idx = judge.predict(torch.rand(5, 3, 32, 32))
+    assert shape_idx.shape == colour_idx.shape == (5,)
+    assert shape_idx.max() < 4 and colour_idx.max() < len(shapes.COLOURS)

@@ -1,0 +1,190 @@
+"""Train the embedded demo world (issue 5): the judge, then the tiny Flux + T5 jointly. Reproducible.
+
+    python tools/train_demo_world.py                    # judge + world, 10000 steps of batch 64
+    python tools/train_demo_world.py --max-steps 500    # a short run (weights are saved at every eval)
+    python tools/train_demo_world.py --max-steps 0      # the judge only (the world does not depend on it)
+
+Writes to models/demo_world/: judge.safetensors, flux.safetensors, text_encoders.safetensors (EMA
+weights, float32, metadata: seed, step, settings, last eval) and train_log.txt (appended). Seeded
+throughout: one numpy Generator for pictures and captions, one torch Generator for noise, times and the
+pooled-vector swap, seeded initial weights; the stop is a step count. Bit-identical reruns are expected on
+the same CPU and thread count (not yet checked). See eraseanything_core/demo_world/training.py.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests import comfy_host  # noqa: E402
+
+comfy_host.import_comfy()
+
+from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
+from eraseanything_core.demo_world import model as world_model  # noqa: E402
+from eraseanything_core.demo_world import shapes, training  # noqa: E402
+
+log = logging.getLogger("train_demo_world")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=REPO / "models" / "demo_world")
+    p.add_argument("--max-steps", type=int, default=10000, help="training steps of the world (the reproducible stop); 0: judge only")
+    p.add_argument("--minutes", type=float, default=1e9, help="optional wall-clock cap (a capped run is not reproducible)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--p-pooled-true", type=float, default=0.1, help="share of samples whose pooled vector is their own caption's")
+    p.add_argument("--p-partial", type=float, default=0.2, help="share of captions that omit the colour, the shape or both")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--judge-steps", type=int, default=2000)
+    p.add_argument("--reuse-judge", action="store_true", help="load judge.safetensors instead of training it")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def save_atomic(tensors: dict, path: Path, metadata: dict):
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().float() for k, v in tensors.items()}, str(tmp),
+              metadata={k: str(v) for k, v in metadata.items()})
+    tmp.replace(path)
+
+
+def get_judge(args) -> judge_lib.Judge:
+    path = args.out / world_model.JUDGE_FILE
+    if args.reuse_judge and path.is_file():
+        from safetensors.torch import load_file
+        judge = judge_lib.Judge()
+        judge.load_state_dict(load_file(str(path)))
+        judge.eval()
+    else:
+        t0 = time.time()
+        judge = judge_lib.train_judge(args.seed, args.judge_steps,
+                                      on_log=lambda s, loss: log.info("judge step %d loss %.4f", s, loss))
+        save_atomic(judge.state_dict(), path, {"seed": args.seed, "steps": args.judge_steps})
+        log.info("judge trained in %.0f s, saved %s", time.time() - t0, path)
+    held_out_seed = 10_000 + args.seed
+    for noise in (False, True):
+        shape_acc, colour_acc = judge_lib.held_out_accuracy(judge, held_out_seed, noise=noise)
+        log.info("judge held-out accuracy (seed %d, 4000 images, noise %s): shape %.4f colour %.4f",
+                 held_out_seed, noise, shape_acc, colour_acc)
+    return judge
+
+
+class EMA:
+    """Exponential moving average of the trainable weights (decay warms up: min(decay, (1+n)/(10+n)))."""
+
+    def __init__(self, named_params, decay=0.999):
+        self.params = dict(named_params)
+        self.shadow = {k: p.detach().clone() for k, p in self.params.items()}
+        self.decay, self.n = decay, 0
+
+    @torch.no_grad()
+    def update(self):
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for k, p in self.params.items():
+            self.shadow[k].lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def swap(self):
+        """Exchange live and averaged weights (call twice to restore)."""
+        for k, p in self.params.items():
+            live = p.detach().clone()
+            p.copy_(self.shadow[k])
+            self.shadow[k] = live
+
+
+def evaluate(flux, clip_model, table, judge, step, seed, per_pair=2, final=False):
+    shape_acc, colour_acc = training.prompt_accuracy(flux, clip_model, table, judge, seed=seed, per_pair=per_pair)
+    log.info("eval step %d: prompts 'a {colour} {shape}', %d samples, 16 Euler steps: shape %.3f colour %.3f",
+             step, per_pair * 16, shape_acc, colour_acc)
+    result = {"step": step, "shape_acc": shape_acc, "colour_acc": colour_acc}
+    if final:
+        for shape in ("circle", "square"):
+            swap = training.swap_test(flux, clip_model, table, judge, shape, seed=seed)
+            log.info("swap test '%s' (share judged %s, 64 samples): %s", shape, shape, json.dumps(swap))
+            result[f"swap_{shape}"] = swap
+    return result
+
+
+def save_world(flux, clip_model, args, step, metrics):
+    meta = {"seed": args.seed, "step": step, "script": "tools/train_demo_world.py",
+            "settings": json.dumps({k: str(v) for k, v in vars(args).items()}), "metrics": json.dumps(metrics)}
+    save_atomic(flux.state_dict(), args.out / world_model.FLUX_FILE, meta)
+    save_atomic(clip_model.state_dict(), args.out / world_model.TEXT_FILE, meta)
+
+
+def train_world(args, judge):
+    flux = world_model.flux_module("cpu")
+    flux.load_state_dict(world_model.init_flux_state_dict(args.seed))
+    flux.requires_grad_(True)
+    clip = world_model.make_clip(seed=args.seed)
+    clip_model = clip.cond_stage_model
+    clip_model.requires_grad_(False)
+    world_model.make_t5_trainable(clip_model)
+    table = training.TextTable.build(clip)
+    named = [(f"flux.{k}", p) for k, p in flux.named_parameters()] + \
+            [(f"t5.{k}", p) for k, p in clip_model.t5xxl.named_parameters()]
+    opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    ema = EMA(named)
+    rng = np.random.default_rng(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0, step, losses = time.time(), 0, []
+    log.info("world: flux %d params, T5 %d trainable, %d captions, settings %s",
+             sum(p.numel() for p in flux.parameters()), sum(p.numel() for p in clip_model.t5xxl.parameters()),
+             len(table.captions), json.dumps({k: str(v) for k, v in vars(args).items()}))
+    metrics = {}
+    while step < args.max_steps and time.time() - t0 < args.minutes * 60:
+        batch = shapes.sample(args.batch, rng)
+        texts = shapes.captions(batch, rng, args.p_partial)
+        loss = training.flow_loss(flux, clip_model, table, batch.images, texts, gen, args.p_pooled_true)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr (now {args.lr:g})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+        opt.step()
+        sched.step()
+        ema.update()
+        step += 1
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log.info("step %d loss %.4f (mean of 50) %.2f s/step elapsed %.1f min", step, np.mean(losses[-50:]),
+                     (time.time() - t0) / step, (time.time() - t0) / 60)
+        if step % args.eval_every == 0:
+            ema.swap()
+            metrics = evaluate(flux, clip_model, table, judge, step, seed=args.seed + 1)
+            save_world(flux, clip_model, args, step, metrics)
+            ema.swap()
+    ema.swap()
+    metrics = evaluate(flux, clip_model, table, judge, step, seed=args.seed + 1, per_pair=8, final=True)
+    save_world(flux, clip_model, args, step, metrics)
+    reason = "max steps" if step >= args.max_steps else f"wall-clock cap of {args.minutes:g} min"
+    log.info("done (%s): %d steps in %.1f min, weights in %s", reason, step, (time.time() - t0) / 60, args.out)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "train_log.txt")], force=True)
+    log.info("train_demo_world: seed %d, torch %s, threads %d", args.seed, torch.__version__, args.threads)
+    judge = get_judge(args)
+    if args.max_steps > 0:
+        train_world(args, judge)
+
+
+if __name__ == "__main__":
+    main()
