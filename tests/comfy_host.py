@@ -28,27 +28,13 @@ def import_comfy():
     import comfy.sd  # noqa: F401
 
 
-@contextlib.contextmanager
 def tiny_flux_detection():
-    """ComfyUI's Flux detection hard-codes 24 heads and RoPE axes [16, 56, 56] (head dim 128). For
-    smaller widths, derive heads and axes from the weights; everything else stays stock."""
-    import comfy.model_detection as md
-    original = md.detect_unet_config
-
-    def detect(state_dict, key_prefix, metadata=None):
-        cfg = original(state_dict, key_prefix, metadata=metadata)
-        if cfg and cfg.get("image_model") == "flux" and cfg.get("hidden_size") != 3072:
-            head_dim = state_dict[f"{key_prefix}double_blocks.0.img_attn.norm.key_norm.scale"].shape[0]
-            cfg["num_heads"] = cfg["hidden_size"] // head_dim
-            first = head_dim - 2 * (3 * head_dim // 8)
-            cfg["axes_dim"] = [first, 3 * head_dim // 8, 3 * head_dim // 8]
-        return cfg
-
-    md.detect_unet_config = detect
-    try:
-        yield
-    finally:
-        md.detect_unet_config = original
+    """ComfyUI's Flux detection for non-3072 widths (shared with the demo world's loader)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:  # the server loads this file by path; append, so ComfyUI's modules win
+        sys.path.append(repo)
+    from eraseanything_core.demo_world.model import tiny_flux_detection as detection
+    return detection()
 
 
 def flux_state_dict(hidden=64, heads=2, axes_dim=(8, 12, 12), depth=2, depth_single=2, context=32, vec=16,
