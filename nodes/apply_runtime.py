@@ -31,13 +31,8 @@ def check_fits(model, state_dict: dict) -> None:
     only log 'lora key not loaded' and silently apply the rest."""
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     modules = sorted({_module_name(k) for k in state_dict})
-    unknown = [m for m in modules if m not in key_map]
-    if unknown:
-        raise LoRAMismatchError(
-            f"{len(unknown)} of {len(modules)} LoRA modules do not exist in this model, e.g. {unknown[:3]}. "
-            "Is this a Flux LoRA, and for the same Flux variant (number of blocks)?")
     model_sd = model.model.state_dict()
-    for m in modules:
+    for m in (m for m in modules if m in key_map):  # a width mismatch is the more basic error: report it first
         target = key_map[m]
         weight_key, offset = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
         weight = model_sd[weight_key]
@@ -47,6 +42,11 @@ def check_fits(model, state_dict: dict) -> None:
             raise LoRAMismatchError(
                 f"LoRA module {m} is {b.shape[0]}x{a.shape[1]} but the model's {weight_key} slice is "
                 f"{rows}x{weight.shape[1]}: the LoRA was trained for a different model width.")
+    unknown = [m for m in modules if m not in key_map]
+    if unknown:
+        raise LoRAMismatchError(
+            f"{len(unknown)} of {len(modules)} LoRA modules do not exist in this model, e.g. {unknown[:3]}. "
+            "Is this a Flux LoRA, and for the same Flux variant (number of blocks)?")
 
 
 def load(lora_name: str, lora_input) -> tuple[dict, dict]:

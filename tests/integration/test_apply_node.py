@@ -260,3 +260,27 @@ def test_sampling_with_an_applied_lora_uses_merged_weights_without_per_step_wrap
         torch.testing.assert_close(weight, expected_qkv0, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(x_patched, x_merged, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(x_patched, x_base, atol=1e-4), "the LoRA did not change the sample"
+
+
+OFFICIAL = REPO.parent / "shared" / "fixtures" / "eraseanything-official-nudity-lora.safetensors"
+
+
+@pytest.mark.skipif(not OFFICIAL.exists(), reason=f"released EraseAnything LoRA not found at {OFFICIAL}")
+def test_released_eraseanything_lora_loads_through_apply(apply_node, tiny_flux, loras_dir):
+    """The released file (bf16, no alpha, no metadata) goes through Apply onto a full-size FLUX.1
+    (19 double blocks, hidden 3072, built on the meta device: no memory), and is refused, naming the
+    width, by the tiny model."""
+    import shutil
+
+    import comfy.model_patcher
+    import comfy.supported_models
+    shutil.copy(OFFICIAL, loras_dir / "eraseanything_nudity.safetensors")
+    full = dict(image_model="flux", in_channels=16, patch_size=2, out_channels=16, vec_in_dim=768,
+                context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19,
+                depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True)
+    cpu = torch.device("cpu")
+    model = comfy.model_patcher.ModelPatcher(comfy.supported_models.Flux(full).get_model({}, device="meta"), cpu, cpu)
+    patched, info = apply(apply_node, model, "eraseanything_nudity.safetensors")
+    assert len(patched.patches) == 19 and "no EraseAnything metadata" in info
+    with pytest.raises(Exception, match="3072"):
+        apply(apply_node, tiny_flux, "eraseanything_nudity.safetensors")
