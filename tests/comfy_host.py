@@ -107,3 +107,21 @@ def tiny_clip(seed=0, contextual=True):
             if not contextual and "t5xxl" in name and (name.endswith(".o.weight") or name.endswith(".wo.weight")):
                 p.zero_()
     return clip
+
+
+PACK_NAME = "eraseanything_pack_under_test"
+
+
+def import_pack_module(submodule: str):
+    """A module of this repo imported the way ComfyUI imports a custom node pack (a package by
+    directory, relative imports inside), e.g. import_pack_module("nodes.apply_runtime")."""
+    import importlib
+    import importlib.util
+    repo = Path(__file__).resolve().parents[1]
+    if PACK_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_NAME, repo / "__init__.py",
+                                                      submodule_search_locations=[str(repo)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{PACK_NAME}.{submodule}")

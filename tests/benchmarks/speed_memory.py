@@ -21,8 +21,6 @@ model's timings run on one thread: the two cores are shared, and two OpenMP thre
 machine made the same step up to 20x slower and erratic.
 """
 
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -51,7 +49,6 @@ from tests.benchmarks import gpu_check, results  # noqa: E402
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-PACK_NAME = "eraseanything_pack_bench"
 COMMAND = "python -m tests.benchmarks.speed_memory"
 T5_TOKENS = 256             # ComfyUI pads Flux's T5 prompt to 256 tokens
 RATIO_RESOLUTION = 128      # px: 16 x 16 latent, 64 image tokens
@@ -129,14 +126,7 @@ def step_ratio(repeats: int) -> dict:
 # --- 2. and 3. sampling-step overheads ------------------------------------------------------------
 
 def _import_pack():
-    """The repo imported as ComfyUI imports a custom node pack (a package by directory)."""
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACK_NAME}.nodes.apply_runtime")
+    return comfy_host.import_pack_module("nodes.apply_runtime")
 
 
 def _denoise_inputs(side: int, seed: int = 3):

@@ -4,11 +4,8 @@ saved with our file format; weights are read after ComfyUI has loaded and patche
 
 The released EraseAnything LoRA's layout is covered in test_lora_interop.py, not here."""
 
-import importlib
-import importlib.util
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,20 +17,13 @@ from tests import comfy_host
 from tests.comfy_host import TINY_FLUX
 
 REPO = Path(__file__).resolve().parents[2]
-PACK_NAME = "eraseanything_pack_under_test"  # shared with the other in-process node tests
 QKV0 = "double_blocks.0.txt_attn.qkv.weight"
 
 
 @pytest.fixture(scope="module")
 def apply_node():
     """The node class as the executor prepares it, with the repo imported as ComfyUI imports a pack."""
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACK_NAME}.nodes.apply").ApplyErasureLoRA.PREPARE_CLASS_CLONE({})
+    return comfy_host.import_pack_module("nodes.apply").ApplyErasureLoRA.PREPARE_CLASS_CLONE({})
 
 
 @pytest.fixture

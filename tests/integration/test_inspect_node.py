@@ -1,9 +1,6 @@
 """Attention Map Inspect in real ComfyUI (in-process, CPU, tiny Flux + tiny CLIP), run the way the executor
 runs nodes: a class clone with hidden inputs, under torch.inference_mode()."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +10,8 @@ from torch.utils._pytree import tree_flatten
 
 from eraseanything_core.concepts import concept_token_idx
 from eraseanything_core.vocabulary import VOCABULARY
+from tests import comfy_host
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a nude girl on a beach at sunset"
 SETTINGS = dict(sigmas="0.9, 0.5", blocks="0-1", head_reduction="mean", mode="attention", shared_scale=False, seed=7)
 
@@ -22,15 +19,8 @@ SETTINGS = dict(sigmas="0.9, 0.5", blocks="0-1", head_reduction="mean", mode="at
 @pytest.fixture(scope="module")
 def pack():
     """The repo imported as ComfyUI imports a custom node pack: a package by directory."""
-    name = "eraseanything_pack_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    node = importlib.import_module(f"{name}.nodes.inspect").AttentionMapInspect
-    runtime = importlib.import_module(f"{name}.nodes.inspect_runtime")
+    node = comfy_host.import_pack_module("nodes.inspect").AttentionMapInspect
+    runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
     return node.PREPARE_CLASS_CLONE({}), runtime
 
 
