@@ -64,6 +64,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # ComfyUI's import may have configured the root logger first
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler(sys.stdout))
+        log.propagate = False
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     visual = _visual()
