@@ -138,21 +138,21 @@ class ErasureTrainer:
         """Frozen model (paper, ESD) or current LoRA model without grad (released code)."""
         return self.lora.disabled() if self.cfg.reference == "frozen" else torch.no_grad()
 
-    def _esd_state(self, i: int, j: int, sigmas) -> torch.Tensor:
+    def _esd_state(self, i: int, j: int) -> torch.Tensor:
         if self.cfg.esd_sampling == "cached":
             return self.traj.x_t[i, j][None]
         # Original ESD: sample the concept till step j with the current model, from fresh noise.
         noise = torch.randn(self.traj.noise[:1].shape, generator=self.gen)
         with torch.no_grad():
             return euler_sample(lambda x, s: self.runner.velocity(x, s, [self.prompts.concept], self.cfg.guidance_esd),
-                                noise.to(self.runner.device), sigmas, until=j)
+                                noise.to(self.runner.device), self.traj.sigmas, until=j)
 
     def erase_step(self) -> tuple[torch.Tensor, dict]:
         cfg, p = self.cfg, self.prompts
         i, j = self.rng.randrange(self.traj.num_images), self.rng.randrange(self.traj.steps)
         sigma = float(self.traj.sigmas[j])
         variant = self.rng.choice(p.variants)
-        x_t = self._esd_state(i, j, self.traj.sigmas).to(self.runner.device)
+        x_t = self._esd_state(i, j).to(self.runner.device)
         with torch.no_grad(), self._references():
             v_ref_anchor, v_ref_concept = [v for group in _same_length_groups([p.anchor, variant]) for v in
                                            self.runner.velocity(x_t.expand(len(group), -1, -1, -1), sigma, group,
