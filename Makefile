@@ -1,6 +1,6 @@
 # make setup: the cached test environment (venv + ComfyUI 0.3.75) and, as root, Debian Chromium for tests/browser.
 # make test:  every test layer, one ComfyUI server for the whole session.
-# make demo:  erases a concept on the built-in tiny model and writes pictures to demo-output/.
+# make demo:  erases "circle" from the embedded demo world and writes pictures to demo-output/.
 # make bench: the benchmarks in tests/benchmarks (results in tests/benchmarks/RESULTS.md).
 EA_CACHE ?= $(HOME)/.cache/eraseanything-comfyui
 VENV ?= $(EA_CACHE)/venv
@@ -30,6 +30,7 @@ demo: setup-env
 bench: setup-env
 	$(VENV)/bin/python -m tests.benchmarks.forward_equivalents
 	$(VENV)/bin/python -m tests.benchmarks.speed_memory
+	$(VENV)/bin/python -m tests.benchmarks.erasure_quality
 
 gpu-check: setup-env
 	bash tests/benchmarks/gpu_check.sh

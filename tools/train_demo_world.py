@@ -1,6 +1,6 @@
 """Train the embedded demo world (issue 5): the judge, then the tiny Flux + T5 jointly. Reproducible.
 
-    python tools/train_demo_world.py                    # judge + world, 10000 steps of batch 64
+    python tools/train_demo_world.py                    # judge + world, 6000 steps of batch 32 (the committed weights)
     python tools/train_demo_world.py --max-steps 500    # a short run (weights are saved at every eval)
     python tools/train_demo_world.py --max-steps 0      # the judge only (the world does not depend on it)
 
@@ -39,10 +39,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "models" / "demo_world")
-    p.add_argument("--max-steps", type=int, default=10000, help="training steps of the world (the reproducible stop); 0: judge only")
+    p.add_argument("--max-steps", type=int, default=6000, help="training steps of the world (the reproducible stop); 0: judge only")
     p.add_argument("--minutes", type=float, default=1e9, help="optional wall-clock cap (a capped run is not reproducible)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--p-pooled-true", type=float, default=0.1, help="share of samples whose pooled vector is their own caption's")
     p.add_argument("--p-partial", type=float, default=0.2, help="share of captions that omit the colour, the shape or both")
     p.add_argument("--eval-every", type=int, default=250)

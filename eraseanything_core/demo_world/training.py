@@ -9,10 +9,13 @@ pooled CLIP-L vector of a random caption from the whole caption set (another pic
 only with p_pooled_true its own. The tokens always tell the truth, so the model learns to read the
 concept from the T5 stream, as FLUX.1 does; y stays in distribution (always a real encoder output).
 `swap_test` measures it. Guidance is drawn from U(1, 5) (no distillation: the model learns to ignore it).
+Times t are U(0, 1) warped as ComfyUI warps Flux's sampling grid (`time_shift`), so training spends its
+samples at the noise levels where the sampler takes its steps (the high ones, where the shape is decided).
 CLIP-L keeps its seeded random weights (ComfyUI's CLIP adds residuals in place, and a pooled vector that
 carries no information needs no training); T5 is trained with the Flux.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +24,14 @@ import torch.nn.functional as F
 from . import model as world_model
 from . import shapes
 from .vae import model_space_to_pixels, pixels_to_model_space
+
+
+# ComfyUI's ModelSamplingFlux: sigma = flux_time_shift(mu=1.15, 1, t) = s t / (1 + (s - 1) t), s = e^1.15.
+TIME_SHIFT = math.exp(1.15)
+
+
+def time_shift(t: torch.Tensor) -> torch.Tensor:
+    return TIME_SHIFT * t / (1 + (TIME_SHIFT - 1) * t)
 
 
 @dataclass
@@ -65,7 +76,7 @@ def flow_loss(flux, clip_model, table: TextTable, images, texts, gen: torch.Gene
     b = images.shape[0]
     x0 = pixels_to_model_space(images * 2 - 1)                                     # (b, 16, 16, 16)
     noise = torch.randn(x0.shape, generator=gen)
-    t = torch.rand((b,), generator=gen)
+    t = time_shift(torch.rand((b,), generator=gen))
     x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
     swap = torch.rand((b,), generator=gen) >= p_pooled_true
     other = torch.randint(0, len(table.captions), (b,), generator=gen)
@@ -79,10 +90,10 @@ def flow_loss(flux, clip_model, table: TextTable, images, texts, gen: torch.Gene
 
 @torch.no_grad()
 def sample(flux, context, pooled, gen: torch.Generator, steps: int = 16, guidance: float = 3.5) -> torch.Tensor:
-    """Euler from t=1 to 0 on a uniform grid: images (b, 3, 32, 32) in [0, 1] for context (b, n, 64), pooled (b, 32)."""
+    """Euler from t=1 to 0 on ComfyUI's Flux grid (a uniform grid, time_shift-warped): images (b, 3, 32, 32) in [0, 1] for context (b, n, 64), pooled (b, 32)."""
     b = context.shape[0]
     x = torch.randn((b, 16, 16, 16), generator=gen)
-    ts = torch.linspace(1, 0, steps + 1)
+    ts = time_shift(torch.linspace(1, 0, steps + 1))
     g = torch.full((b,), guidance)
     for t_now, t_next in zip(ts[:-1], ts[1:]):
         v = velocity(flux, x, torch.full((b,), float(t_now)), context, pooled, g)
@@ -112,19 +123,20 @@ def prompt_accuracy(flux, clip_model, table, judge, seed: int, per_pair: int = 4
 
 
 @torch.no_grad()
-def swap_test(flux, clip_model, table, judge, shape: str, seed: int, n: int = 64, steps: int = 16,
+def swap_test(flux, clip_model, table, judge, target: str, seed: int, n: int = 64, steps: int = 16,
               neutral: str = "a shape") -> dict[str, float]:
-    """Share of samples the judge calls `shape` when the concept reaches the model by one path only:
-    tokens of "a {shape}" with the pooled vector of `neutral`, and the other way round; both paths and
-    neither as references."""
-    concept = f"a {shape}"
-    target = shapes.SHAPES.index(shape)
+    """Share of samples the judge calls `target` (a shape, or a colour) when the concept reaches the model by
+    one path only: tokens of "a {shape}" (or "a {colour} shape") with the pooled vector of `neutral`, and the
+    other way round; both paths and neither as references."""
+    if target in shapes.SHAPES:
+        concept, kind, index = f"a {target}", 0, shapes.SHAPES.index(target)
+    else:
+        concept, kind, index = f"a {target} shape", 1, shapes.COLOUR_NAMES.index(target)
     ctx_c, pool_c = table.encode(clip_model, [concept] * n)
     ctx_n, pool_n = table.encode(clip_model, [neutral] * n)
     out = {}
     for name, ctx, pool in (("both", ctx_c, pool_c), ("tokens_only", ctx_c, pool_n),
                             ("pooled_only", ctx_n, pool_c), ("neither", ctx_n, pool_n)):
         images = sample(flux, ctx, pool, torch.Generator().manual_seed(seed), steps)
-        out[name] = (judge.predict(images)[0] == target).float().mean().item()
+        out[name] = (judge.predict(images)[kind] == index).float().mean().item()
     return out
-

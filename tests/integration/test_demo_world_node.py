@@ -3,7 +3,6 @@ CLIPTextEncode's, its VAE works with the stock VAE nodes, and Load Demo World ru
 Nothing here needs trained weights: an untrained world is built from a seed and written to a temp dir."""
 
 import asyncio
-import importlib
 from pathlib import Path
 
 import pytest
@@ -82,19 +81,6 @@ def test_vae_round_trips_through_comfys_vae_object(world):
     assert torch.allclose(vae.decode(latent), images, atol=1e-5)
 
 
-def _register_node(nodes_module):
-    """Until nodes/__init__.py lists LoadDemoWorld, register it the way load_custom_node does."""
-    if NODE_ID in nodes_module.NODE_CLASS_MAPPINGS:
-        return nodes_module.NODE_CLASS_MAPPINGS[NODE_ID]
-    apply_cls = nodes_module.NODE_CLASS_MAPPINGS["EraseAnything_ApplyErasureLoRA"]
-    package = apply_cls.__module__.rsplit(".", 1)[0]
-    cls = importlib.import_module(f"{package}.demo_world").LoadDemoWorld
-    cls.GET_SCHEMA()
-    nodes_module.NODE_CLASS_MAPPINGS[NODE_ID] = cls
-    cls.RELATIVE_PYTHON_MODULE = apply_cls.RELATIVE_PYTHON_MODULE
-    return cls
-
-
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
     import execution
@@ -112,7 +98,7 @@ def executor(tmp_path_factory):
     for name in ("nodes_flux.py", "nodes_sd3.py"):  # FluxGuidance, EmptySD3LatentImage: stock extras
         if not asyncio.run(nodes.load_custom_node(str(extras / name), module_parent="comfy_extras")):
             pytest.fail(f"ComfyUI failed to import {extras / name}")
-    node_cls = _register_node(nodes)
+    node_cls = nodes.NODE_CLASS_MAPPINGS[NODE_ID]
     flux_sd = world_model.init_flux_state_dict(0)
     save_file(flux_sd, str(base / "weights" / world_model.FLUX_FILE))
     clip = world_model.make_clip(seed=0)

@@ -44,6 +44,10 @@ EXPECTED_NODES = {
         hidden=set(),
         output=["MODEL", "STRING"],
         output_node=False),
+    "EraseAnything_LoadDemoWorld": dict(
+        required=set(), optional=set(), hidden=set(),
+        output=["MODEL", "CLIP", "VAE"],
+        output_node=False),
 }
 
 

@@ -5,7 +5,9 @@ FLUX.1-dev's files (flux1-dev.safetensors, t5xxl_fp16, clip_l, ae) are not on te
 of the real twins must fail, and only on those file names: the server still checks every other node,
 value and link in the same request. ComfyUI 0.3.75 does not check V3 COMBO values (ours), so the
 twins are also checked against /object_info here. The runnable variants swap the loaders for
-EATest_TinyFluxLoader and drop what needs the VAE (VAELoader and everything downstream of it).
+EATest_TinyFluxLoader and drop what needs the VAE (VAELoader and everything downstream of it). The demo
+world's example needs no files the pack does not ship, so it runs unchanged, and the world's judge reads
+the pictures it saves.
 """
 
 import copy
@@ -25,7 +27,9 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "example_workflows"
 TWINS = REPO_ROOT / "tests" / "workflows"
-NAMES = ("erase_concept_flux_dev", "apply_shared_erasure")
+FLUX_NAMES = ("erase_concept_flux_dev", "apply_shared_erasure")  # need FLUX.1-dev's files
+DEMO = "erase_demo_world"  # runs as it is: the demo world ships with the pack
+NAMES = FLUX_NAMES + (DEMO,)
 TRAIN, APPLY = "EraseAnything_TrainErasureLoRA", "EraseAnything_ApplyErasureLoRA"
 # Inputs that name model files; their values are the files the workflow expects the user to have.
 MODEL_FILE_INPUTS = {("UNETLoader", "unet_name"), ("DualCLIPLoader", "clip_name1"), ("DualCLIPLoader", "clip_name2"),
@@ -157,7 +161,7 @@ def test_object_info_check_finds_each_kind_of_mistake(object_info):
         assert expected in problems, f"{expected!r} not reported; got:\n{problems}"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FLUX_NAMES)
 def test_server_validation_fails_only_on_missing_flux_files(comfy_server, name):
     prompt = api_twin(name)
     reply = comfy_server.post("/prompt", json={"prompt": prompt, "client_id": comfy_server.client_id})
@@ -260,3 +264,32 @@ def test_apply_example_loads_the_freshly_trained_file(comfy_server, tiny_trainin
     assert_succeeded(run)
     (info,) = [m["data"]["output"]["text"][0] for m in run.of_type("executed") if m["data"]["node"] == shown]
     assert "erases 'Van Gogh'" in info and "6 steps" in info, info
+
+
+def test_demo_world_example_runs_unchanged_and_its_pictures_lose_the_red(comfy_server):
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from eraseanything_core.demo_world import judge as judge_lib
+    from eraseanything_core.demo_world import shapes
+
+    prompt = api_twin(DEMO)
+    started = time.monotonic()
+    run = comfy_server.run(prompt, timeout=600)
+    assert_succeeded(run)
+    logger.info("demo world example ran in %.1f s", time.monotonic() - started)
+    saved = {}
+    for m in run.of_type("executed"):
+        node = prompt[m["data"]["node"]]
+        if node["class_type"] == "SaveImage":
+            files = [comfy_server.base_dir / "output" / i["subfolder"] / i["filename"] for i in m["data"]["output"]["images"]]
+            saved[node["_meta"]["title"]] = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files])
+    assert set(saved) == {"Before", "After"} and len(saved["Before"]) == 8, {k: v.shape for k, v in saved.items()}
+    judge = judge_lib.Judge()
+    judge.load_state_dict(load_file(str(REPO_ROOT / "models" / "demo_world" / "judge.safetensors")))
+    red = shapes.COLOUR_NAMES.index("red")  # the example erases "red" from "a red shape"
+    rate = {k: (judge.eval().predict(v.permute(0, 3, 1, 2).float() / 255)[1] == red).float().mean().item()
+            for k, v in saved.items()}
+    assert rate["Before"] >= 0.75 and rate["After"] <= 0.25, rate
