@@ -15,8 +15,10 @@ Prompt groups for a target concept (a shape or a colour of shapes.py):
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from ..config import EraseConfig
 from . import model as world_model
 from . import shapes
 from .vae import model_space_to_pixels
@@ -131,7 +133,6 @@ def iou(soft_mask: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) ->
 def attention_probes(target: str, n: int, seed: int) -> tuple[list[str], shapes.Batch]:
     """n generator pictures that show the target (other attribute random) and their plain captions
     "a {colour} {shape}", for IoU of the target word's map with the ground-truth mask."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     if kind_of(target) == "shape":
         shape_idx, colour_idx = np.full(n, shapes.SHAPES.index(target)), rng.integers(0, len(shapes.COLOURS), n)
@@ -157,8 +158,7 @@ TARGETS = {
 WORLD_RUN = dict(resolution=128)
 
 
-def erasure_config(target: str, **changes):
-    from ..config import EraseConfig
+def erasure_config(target: str, **changes) -> EraseConfig:
     return EraseConfig(concept=target, **{**TARGETS[target], **WORLD_RUN, **changes})
 
 

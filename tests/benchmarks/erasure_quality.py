@@ -124,7 +124,8 @@ def run_target(target: str, world, judge, inspect_runtime) -> tuple[dict, dict]:
             "prompted_accuracy_target_prompts": scores["target"].prompted_rate,
             "prompted_accuracy_other_prompts": scores["other"].prompted_rate,
             "kept_other_attribute": scores["target"].other_kept,
-            "samples_per_group": {g.name: len(g.texts) for g in groups},
+            "samples_per_group": min(len(g.texts) for g in groups),
+            "group_sizes": {g.name: len(g.texts) for g in groups},
             "seconds": round(seconds, 1), **meta}
         log.info("%s / %s: %s", target, method, {k: v for k, v in rows[method].items() if k.startswith("acc")})
     return rows, miou
