@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:  # appended: ComfyUI's own `nodes` module must stay ahead of our nodes/ package
+    sys.path.append(str(REPO))
 from tests import comfy_host  # noqa: E402
 
 comfy_host.import_comfy()
