@@ -32,8 +32,6 @@ from tests import comfy_host  # noqa: E402
 
 comfy_host.import_comfy()
 
-from safetensors.torch import load_file  # noqa: E402
-
 from eraseanything_core import lora_file  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
 from eraseanything_core.demo_world import model as world_model  # noqa: E402
@@ -93,14 +91,6 @@ def attention_grid(pictures: torch.Tensor, before: list[torch.Tensor], after: li
     return img
 
 
-def scores(patcher, clip, judge, target, groups, seed):
-    out, images = {}, {}
-    for g in groups:
-        images[g.name] = scoring.sample_images(patcher, clip, g.texts, seed=seed)
-        out[g.name] = scoring.score(judge, images[g.name], g, target)
-    return out, images
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(REPO / "demo-output"))
@@ -124,16 +114,14 @@ def main(argv=None):
 
     start = time.perf_counter()
     patcher, clip, vae = world_model.load_world(args.world)
-    judge = judge_lib.Judge()
-    judge.load_state_dict(load_file(str(args.world / world_model.JUDGE_FILE)))
-    judge.eval()
+    judge = judge_lib.load(args.world / world_model.JUDGE_FILE)
     cfg = scoring.erasure_config(args.target, **({"steps": args.steps} if args.steps else {}))
     groups = scoring.prompt_groups(args.target, cfg.anchor, args.samples)
-    before, before_images = scores(patcher, clip, judge, args.target, groups, seed=7)
+    before, before_images = scoring.score_groups(patcher, clip, judge, args.target, groups, seed=7)
 
     erased, result, state_dict = scoring.erase(patcher, clip, cfg)
     train_seconds = result.seconds
-    after, after_images = scores(erased, clip, judge, args.target, groups, seed=7)
+    after, after_images = scoring.score_groups(erased, clip, judge, args.target, groups, seed=7)
 
     sections = []
     for g in groups:

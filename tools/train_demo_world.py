@@ -63,10 +63,7 @@ def save_atomic(tensors: dict, path: Path, metadata: dict):
 def get_judge(args) -> judge_lib.Judge:
     path = args.out / world_model.JUDGE_FILE
     if args.reuse_judge and path.is_file():
-        from safetensors.torch import load_file
-        judge = judge_lib.Judge()
-        judge.load_state_dict(load_file(str(path)))
-        judge.eval()
+        judge = judge_lib.load(path)
     else:
         t0 = time.time()
         judge = judge_lib.train_judge(args.seed, args.judge_steps,

@@ -37,6 +37,14 @@ class Judge(nn.Module):
         return shape_logits.argmax(1), colour_logits.argmax(1)
 
 
+def load(path) -> Judge:
+    """The judge from a safetensors file (e.g. models/demo_world/judge.safetensors), in eval mode."""
+    from safetensors.torch import load_file
+    judge = Judge()
+    judge.load_state_dict(load_file(str(path)))
+    return judge.eval()
+
+
 def noisy(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Augmentation: per-image Gaussian pixel noise with std in [0, 0.15], clamped to [0, 1]."""
     std = torch.rand((images.shape[0], 1, 1, 1), generator=gen) * 0.15

@@ -123,6 +123,16 @@ def score(judge, images: torch.Tensor, group: PromptGroup, target: str) -> Group
     return GroupScore(*(x.float().mean().item() for x in (target_hit, same_kind, shape_ok & colour_ok, kept)))
 
 
+def score_groups(patcher, clip, judge, target: str, groups: list[PromptGroup], seed: int):
+    """Sample every group (sample_images, the same seed for each) and score it: ({name: GroupScore},
+    {name: pictures (n, 3, 32, 32)})."""
+    scores, pictures = {}, {}
+    for g in groups:
+        pictures[g.name] = sample_images(patcher, clip, g.texts, seed=seed)
+        scores[g.name] = score(judge, pictures[g.name], g, target)
+    return scores, pictures
+
+
 def iou(soft_mask: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) -> float:
     """IoU of a soft mask in [0, 1] thresholded at `threshold` with a boolean mask of the same (H, W)."""
     pred = soft_mask >= threshold

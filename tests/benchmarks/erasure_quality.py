@@ -36,7 +36,6 @@ from tests import comfy_host
 comfy_host.import_comfy()  # before anything imports comfy
 
 import comfy.model_management  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
 from eraseanything_core.demo_world import model as world_model  # noqa: E402
@@ -64,20 +63,6 @@ METHOD_NAMES = {"none": "no erasure", "esd_only": "ESD loss alone (Eq. 2)",
                 "default_irrelevant_fm": "ours + flow matching on the irrelevant concepts (lambda_preserve_irrelevant = 1)"}
 
 
-def load_judge() -> judge_lib.Judge:
-    judge = judge_lib.Judge()
-    judge.load_state_dict(load_file(str(WORLD_DIR / world_model.JUDGE_FILE)))
-    return judge.eval()
-
-
-def group_scores(patcher, clip, judge, target: str, groups) -> dict:
-    out = {}
-    for g in groups:
-        images = scoring.sample_images(patcher, clip, g.texts, seed=SEED)
-        out[g.name] = scoring.score(judge, images, g, target)
-    return out
-
-
 def attention_miou(inspect_runtime, patcher, clip, vae, target: str) -> dict:
     texts, batch = scoring.attention_probes(target, PROBES, seed=SEED)
     out = {}
@@ -97,7 +82,7 @@ def run_target(target: str, world, judge, inspect_runtime) -> tuple[dict, dict]:
     cfg_base = scoring.erasure_config(target)
     groups = scoring.prompt_groups(target, cfg_base.anchor, SAMPLES_PER_GROUP)
     rows, miou = {}, {"base": attention_miou(inspect_runtime, patcher, clip, vae, target)}
-    base_scores = group_scores(patcher, clip, judge, target, groups)
+    base_scores, _ = scoring.score_groups(patcher, clip, judge, target, groups, seed=SEED)
     for method, changes in METHODS.items():
         seconds, meta = 0.0, {}
         if changes is None:
@@ -109,7 +94,7 @@ def run_target(target: str, world, judge, inspect_runtime) -> tuple[dict, dict]:
             meta = {"forward_equivalents": result.cost["forward_equivalents"], "concepts": {
                 "anchor": result.concepts.anchor, "synonyms": list(result.concepts.synonyms),
                 "irrelevant": list(result.concepts.irrelevant)}, "pathway": result.pathway}
-            scores = group_scores(erased, clip, judge, target, groups)
+            scores, _ = scoring.score_groups(erased, clip, judge, target, groups, seed=SEED)
             if method == "default":
                 miou["default"] = attention_miou(inspect_runtime, erased, clip, vae, target)
             del erased
@@ -202,7 +187,7 @@ def main():
     torch.set_num_threads(2)
     start = time.perf_counter()
     world = world_model.load_world(WORLD_DIR)
-    judge = load_judge()
+    judge = judge_lib.load(WORLD_DIR / world_model.JUDGE_FILE)
     shape_acc, colour_acc = judge_lib.held_out_accuracy(judge, seed=10_000)
     judge_acc = {"shape": shape_acc, "colour": colour_acc}
     inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")

@@ -6,12 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from eraseanything_core.demo_world import judge as judge_lib
 from eraseanything_core.demo_world import model as world_model
-from eraseanything_core.demo_world import scoring, shapes
+from eraseanything_core.demo_world import scoring, training
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = REPO / "models" / "demo_world"
@@ -24,9 +22,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def judge():
-    j = judge_lib.Judge()
-    j.load_state_dict(load_file(str(WORLD / world_model.JUDGE_FILE)))
-    return j.eval()
+    return judge_lib.load(WORLD / world_model.JUDGE_FILE)
 
 
 def test_committed_weights_are_small_and_safetensors_only():
@@ -38,22 +34,16 @@ def test_committed_weights_are_small_and_safetensors_only():
 
 def test_world_draws_the_prompted_colour(world, judge):
     patcher, clip, _ = world
-    texts, shape_idx, colour_idx = [], [], []
-    for s, shape in enumerate(shapes.SHAPES):
-        for c, colour in enumerate(shapes.COLOUR_NAMES):
-            texts += [f"a {colour} {shape}"] * 3
-            shape_idx += [s] * 3
-            colour_idx += [c] * 3
+    texts, _, colour_idx = training.prompt_grid(per_pair=3)
     images = scoring.sample_images(patcher, clip, texts, seed=5)
-    shape_pred, colour_pred = judge.predict(images)
-    colour_acc = (colour_pred == torch.tensor(colour_idx)).float().mean().item()
+    _, colour_pred = judge.predict(images)
+    colour_acc = (colour_pred == colour_idx).float().mean().item()
     assert colour_acc >= 0.9, colour_acc
 
 
 def test_the_concept_travels_through_the_tokens_not_the_pooled_vector(world, judge):
     """The swap test of issue 5: the T5 tokens of 'a red shape' with the pooled vector of 'a shape' draw
     red; the pooled vector of 'a red shape' with the tokens of 'a shape' draws red no more often than neither."""
-    from eraseanything_core.demo_world import training
     patcher, clip, _ = world
     import comfy.model_management
     comfy.model_management.load_models_gpu([patcher])

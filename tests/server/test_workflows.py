@@ -270,7 +270,6 @@ def test_demo_world_example_runs_unchanged_and_its_pictures_lose_the_red(comfy_s
     import numpy as np
     import torch
     from PIL import Image
-    from safetensors.torch import load_file
 
     from eraseanything_core.demo_world import judge as judge_lib
     from eraseanything_core.demo_world import shapes
@@ -287,9 +286,8 @@ def test_demo_world_example_runs_unchanged_and_its_pictures_lose_the_red(comfy_s
             files = [comfy_server.base_dir / "output" / i["subfolder"] / i["filename"] for i in m["data"]["output"]["images"]]
             saved[node["_meta"]["title"]] = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files])
     assert set(saved) == {"Before", "After"} and len(saved["Before"]) == 8, {k: v.shape for k, v in saved.items()}
-    judge = judge_lib.Judge()
-    judge.load_state_dict(load_file(str(REPO_ROOT / "models" / "demo_world" / "judge.safetensors")))
+    judge = judge_lib.load(REPO_ROOT / "models" / "demo_world" / "judge.safetensors")
     red = shapes.COLOUR_NAMES.index("red")  # the example erases "red" from "a red shape"
-    rate = {k: (judge.eval().predict(v.permute(0, 3, 1, 2).float() / 255)[1] == red).float().mean().item()
+    rate = {k: (judge.predict(v.permute(0, 3, 1, 2).float() / 255)[1] == red).float().mean().item()
             for k, v in saved.items()}
     assert rate["Before"] >= 0.75 and rate["After"] <= 0.25, rate
