@@ -1,6 +1,6 @@
 # make setup: the cached test environment (venv + ComfyUI 0.3.75) and, as root, Debian Chromium for tests/browser.
 # make test:  every test layer, one ComfyUI server for the whole session.
-# make demo:  erases "circle" from the embedded demo world and writes pictures to demo-output/.
+# make demo:  erases "red" from the embedded demo world and writes pictures to demo-output/.
 # make bench: the benchmarks in tests/benchmarks (results in tests/benchmarks/RESULTS.md).
 EA_CACHE ?= $(HOME)/.cache/eraseanything-comfyui
 VENV ?= $(EA_CACHE)/venv

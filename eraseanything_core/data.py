@@ -4,6 +4,8 @@ ESD evaluates its loss at a state x_t that the model itself reached by sampling 
 "until t". The released code re-sampled 28 steps for every erase step (and, through a scheduler bug,
 never left the noise). We sample `num_images` trajectories once with the frozen model and keep every
 state: x_t at step j is `x_t[i, j]`, evaluated at `sigmas[j]`, exactly ESD's "sample until t".
+The frozen model's velocity at that state, which the sampler computed to take the step, is kept too:
+it is ESD's frozen concept reference (Eq. 2) at that state, so an erase step need not recompute it.
 """
 
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ class Trajectories:
     x0: torch.Tensor      # (num_images, c, h, w): the final samples (the concept latents, D_un)
     noise: torch.Tensor   # (num_images, c, h, w): the start noise
     sigmas: torch.Tensor  # (steps + 1,): sigma of each state, ending at 0
+    velocity: torch.Tensor | None = None  # (num_images, steps, c, h, w): frozen concept velocity at x_t[i, j];
+                                          # None when the states are noised user latents, not sampler states
 
     @property
     def num_images(self) -> int:
@@ -33,30 +37,33 @@ def euler_sample(velocity: Callable[[torch.Tensor, float], torch.Tensor], noise:
     """Integrate the rectified-flow ODE dx/dsigma = v with Euler from sigmas[0] to sigmas[until].
 
     noise: (b, c, h, w). x starts at sigmas[0] * noise (Flux's CONST noise scaling with an empty latent).
-    Returns x at step `until` (default: the end), and the list of visited states if keep_states.
+    Returns x at step `until` (default: the end); with keep_states also the visited states and the
+    velocity taken at each.
     """
     until = len(sigmas) - 1 if until is None else until
     x = noise * sigmas[0]
-    states = []
+    states, velocities = [], []
     for j in range(until):
+        v = velocity(x, float(sigmas[j]))
         if keep_states:
             states.append(x)
-        v = velocity(x, float(sigmas[j]))
+            velocities.append(v)
         x = x + (sigmas[j + 1] - sigmas[j]) * v.to(x.dtype)
-    return (x, states) if keep_states else x
+    return (x, states, velocities) if keep_states else x
 
 
 def sample_trajectories(velocity: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor,
                         sigmas: torch.Tensor, batch_size: int = 4, store_dtype=torch.float32) -> Trajectories:
     """Sample noise.shape[0] trajectories with `velocity` (frozen model, concept prompt), keeping every
-    state on the CPU in store_dtype (8 images at 512 px, 28 steps: 30 MB in bf16)."""
-    states, finals = [], []
+    state and its velocity on the CPU in store_dtype (8 images at 512 px, 28 steps: 2 x 30 MB in bf16)."""
+    states, velocities, finals = [], [], []
     for chunk in noise.split(batch_size):
-        x0, visited = euler_sample(velocity, chunk, sigmas, keep_states=True)
+        x0, visited, taken = euler_sample(velocity, chunk, sigmas, keep_states=True)
         states.append(torch.stack([s.to("cpu", store_dtype) for s in visited], dim=1))
+        velocities.append(torch.stack([v.to("cpu", store_dtype) for v in taken], dim=1))
         finals.append(x0.to("cpu", store_dtype))
     return Trajectories(x_t=torch.cat(states), x0=torch.cat(finals), noise=noise.to("cpu", store_dtype),
-                        sigmas=sigmas.to("cpu", torch.float32))
+                        sigmas=sigmas.to("cpu", torch.float32), velocity=torch.cat(velocities))
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:

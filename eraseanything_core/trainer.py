@@ -147,16 +147,27 @@ class ErasureTrainer:
             return euler_sample(lambda x, s: self.runner.velocity(x, s, [self.prompts.concept], self.cfg.guidance_esd),
                                 noise.to(self.runner.device), self.traj.sigmas, until=j)
 
+    def _stored_concept_velocity(self, i: int, j: int) -> torch.Tensor | None:
+        """The frozen concept velocity at cached state (i, j), taken by the sampler that made the state.
+        It is ESD's reference for the concept prompt; the augmented variant trained in this step is a
+        rewording of it at a state of the concept's own trajectory, so the frozen model's concept velocity
+        there is the velocity to negate (Eq. 2). Saves one reference forward per erase step."""
+        if self.cfg.reference != "frozen" or self.cfg.esd_sampling != "cached" or self.traj.velocity is None:
+            return None
+        return self.traj.velocity[i, j][None].to(self.runner.device)
+
     def erase_step(self) -> tuple[torch.Tensor, dict]:
         cfg, p = self.cfg, self.prompts
         i, j = self.rng.randrange(self.traj.num_images), self.rng.randrange(self.traj.steps)
         sigma = float(self.traj.sigmas[j])
         variant = self.rng.choice(p.variants)
         x_t = self._esd_state(i, j).to(self.runner.device)
+        stored = self._stored_concept_velocity(i, j)
         with torch.no_grad(), self._references():
-            v_ref_anchor, v_ref_concept = [v for group in _same_length_groups([p.anchor, variant]) for v in
-                                           self.runner.velocity(x_t.expand(len(group), -1, -1, -1), sigma, group,
-                                                                cfg.guidance_esd).split(1)]
+            refs = [p.anchor] if stored is not None else [p.anchor, variant]
+            v_refs = [v for group in _same_length_groups(refs) for v in
+                      self.runner.velocity(x_t.expand(len(group), -1, -1, -1), sigma, group, cfg.guidance_esd).split(1)]
+        v_ref_anchor, v_ref_concept = v_refs[0], (stored if stored is not None else v_refs[1])
         capture = AttentionCapture(self.blocks, [variant.token_idx])
         v_lora_concept = self.runner.velocity(x_t, sigma, [variant], cfg.guidance_esd, capture=capture)
         l_esd = losses.esd_loss(_wide(v_lora_concept), _wide(v_ref_anchor), _wide(v_ref_concept), cfg.eta)

@@ -56,11 +56,13 @@ METHODS = {
     "released_schedule": dict(esd_sampling="resample", reference="lora"),
     "default": {},
     "default_irrelevant_fm": dict(lambda_preserve_irrelevant=1.0),
+    "default_irrelevant_fm_300": dict(lambda_preserve_irrelevant=1.0, steps=300),
 }
 METHOD_NAMES = {"none": "no erasure", "esd_only": "ESD loss alone (Eq. 2)",
                 "released_schedule": "released code's schedule (resample every erase step, LoRA references)",
                 "default": "ours, default",
-                "default_irrelevant_fm": "ours + flow matching on the irrelevant concepts (lambda_preserve_irrelevant = 1)"}
+                "default_irrelevant_fm": "ours + flow matching on the irrelevant concepts (lambda_preserve_irrelevant = 1)",
+                "default_irrelevant_fm_300": "the same, 300 steps (the released code's count for concepts other than nudity)"}
 
 
 def attention_miou(inspect_runtime, patcher, clip, vae, target: str) -> dict:

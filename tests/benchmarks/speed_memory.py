@@ -337,7 +337,7 @@ def _speed_lines(ratio: dict, applied: dict, captured: dict) -> list[str]:
         "",
         "| part | ms |",
         "| --- | ---: |",
-        f"| erase_step forward: frozen ESD references (one pass, batch 2) + training forward with Eq. 3 capture | {parts['erase_forward']:.1f} |",
+        f"| erase_step forward: frozen anchor reference (one pass; the concept reference is stored with the trajectory) + training forward with Eq. 3 capture | {parts['erase_forward']:.1f} |",
         f"| erase backward + AdamW | {parts['erase_backward']:.1f} |",
         f"| preserve_step forward: training forward + 1 + K = 4 truncated frozen passes (Eq. 5 features) | {parts['preserve_forward']:.1f} |",
         f"| preserve backward + AdamW | {parts['preserve_backward']:.1f} |",

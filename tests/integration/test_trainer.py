@@ -140,3 +140,35 @@ def test_user_latents_replace_sampling(token_clip):
         result = train_erasure(cfg, runner, ClipText(token_clip), concept_latents=latents)
     assert result.cost["data_forward_equivalents"] == 0, "no sampling when latents are given"
     assert len(result.history) == 2
+
+
+def test_erase_step_reuses_the_samplers_frozen_concept_velocity(token_clip):
+    """The sampler's velocity at each cached state is the frozen concept reference of Eq. 2 there: the
+    erase step spends one reference forward (the anchor) instead of two; with the released code's
+    current-model references, or user latents (no sampler), it still computes both."""
+    from eraseanything_core.concepts import resolve_concepts
+    from eraseanything_core.trainer import ErasureTrainer, encode_prompts, prepare_data
+    cfg = _cfg(steps=2)
+    _, runner = _runner(cfg)
+    text = ClipText(token_clip)
+    with torch.inference_mode(False), torch.enable_grad():
+        prompts = encode_prompts(cfg, resolve_concepts(cfg, text.embed_pooled), text)
+        runner.load()
+        traj = prepare_data(cfg, runner, prompts)
+        assert traj.velocity.shape == traj.x_t.shape
+        with torch.no_grad(), runner.lora.disabled():
+            for i, j in ((0, 0), (1, traj.steps - 1)):
+                fresh = runner.velocity(traj.x_t[i, j][None], float(traj.sigmas[j]), [prompts.concept], cfg.guidance_esd)
+                torch.testing.assert_close(traj.velocity[i, j][None], fresh, rtol=1e-5, atol=1e-6)
+
+        def erase_forwards(trainer_cfg, trajectories):
+            trainer = ErasureTrainer(trainer_cfg, runner, prompts, trajectories)
+            before = runner.counter.forwards
+            trainer.erase_step()
+            return runner.counter.forwards - before
+
+        assert erase_forwards(cfg, traj) == 2
+        assert erase_forwards(cfg.replace(reference="lora"), traj) == 3
+        latents = traj.x0.clone()
+        user = prepare_data(cfg, runner, prompts, concept_latents=latents)
+        assert user.velocity is None and erase_forwards(cfg, user) == 3
