@@ -163,11 +163,12 @@ class ErasureTrainer:
         variant = self.rng.choice(p.variants)
         x_t = self._esd_state(i, j).to(self.runner.device)
         stored = self._stored_concept_velocity(i, j)
+        refs = [p.anchor] + ([variant] if stored is None else [])
         with torch.no_grad(), self._references():
-            refs = [p.anchor] if stored is not None else [p.anchor, variant]
             v_refs = [v for group in _same_length_groups(refs) for v in
                       self.runner.velocity(x_t.expand(len(group), -1, -1, -1), sigma, group, cfg.guidance_esd).split(1)]
-        v_ref_anchor, v_ref_concept = v_refs[0], (stored if stored is not None else v_refs[1])
+        v_ref_anchor = v_refs[0]
+        v_ref_concept = v_refs[1] if stored is None else stored
         capture = AttentionCapture(self.blocks, [variant.token_idx])
         v_lora_concept = self.runner.velocity(x_t, sigma, [variant], cfg.guidance_esd, capture=capture)
         l_esd = losses.esd_loss(_wide(v_lora_concept), _wide(v_ref_anchor), _wide(v_ref_concept), cfg.eta)

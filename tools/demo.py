@@ -147,7 +147,7 @@ def main(argv=None):
     saved = lora_file.save_lora_file(state_dict, out, f"erasure_{args.target}", {"config": cfg.to_metadata()})
     seconds = time.perf_counter() - start
 
-    def pct(score, field="target_rate"):
+    def pct(score, field):
         return f"{100 * getattr(score, field):.0f}%"
 
     rows = [("Acc_e: target prompts that still show the target (lower is better)", "target", "target_rate")]
