@@ -208,6 +208,7 @@ class FluxRunner:
             gradient_checkpointing = True
         self.replacements = block_replacements(dm, gradient_checkpointing)
         self.counter = PassCounter()
+        self._grad_samples = 0  # samples forwarded with grad since the last backward
         self.total_blocks = len(dm.double_blocks) + len(dm.single_blocks)
 
     @property
@@ -266,10 +267,14 @@ class FluxRunner:
             self.counter.forwards += b * (capture.stop_after + 1) / self.total_blocks
             return None
         self.counter.forwards += b
+        if torch.is_grad_enabled():
+            self._grad_samples += b
         return v
 
-    def count_backward(self, batch: int = 1):
-        self.counter.backwards += batch
+    def count_backward(self):
+        """Count a backward through every sample forwarded with grad since the last one."""
+        self.counter.backwards += self._grad_samples
+        self._grad_samples = 0
 
 
 def encode_prompt(clip, text: str, token_idx: torch.Tensor) -> TextCond:

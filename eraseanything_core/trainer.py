@@ -1,8 +1,9 @@
 """The bi-level loop of EraseAnything: alternating erase and preserve steps on one LoRA (Algorithm 1).
 
 erase    (the paper's lower level): Eq. 2 ESD negative guidance + Eq. 3 attention attenuation
-preserve (the paper's upper level): Eq. 4 flow matching on the concept latents + Eq. 5 reverse
-         self-contrastive loss against a synonym and K irrelevant concepts
+preserve (the paper's upper level): Eq. 4 flow matching on the concept latents and on one frozen sample
+         per irrelevant concept (D_ir) + Eq. 5 reverse self-contrastive loss against a synonym and K
+         irrelevant concepts (weight 0 by default: docs/method.md)
 
 As in the released code, the two levels are single alternating steps of one AdamW (there is no
 nested optimisation); `erase_steps_per_preserve` = k runs k erase steps per preserve step. Every
@@ -187,22 +188,29 @@ class ErasureTrainer:
         noise = torch.randn(x0.shape, generator=self.gen, dtype=torch.float64).to(x0.dtype)
         x_t = noised(x0, noise, sigma).to(self.runner.device)
         variant = self.rng.choice(p.variants)
-        block = self.blocks[-1]
-        capture = AttentionCapture((block,), [variant.token_idx])
-        v_lora = self.runner.velocity(x_t, sigma, [variant], cfg.guidance_train, capture=capture)
-        l_fm = losses.flow_matching_loss(_wide(v_lora), _wide(noise.to(v_lora.device)), _wide(x0.to(v_lora.device)))
-        values = {"fm": l_fm.item()}
-        loss = cfg.lambda_fm * l_fm
+        values, irrelevant_term = {}, 0.0
         if cfg.lambda_preserve_irrelevant > 0 and self.irrelevant_x0 is not None:
-            # Optional: keep the frozen model's velocity on samples of the irrelevant concepts too.
+            # Keep the irrelevant concepts: flow matching on the frozen model's samples of them (D_ir).
+            # Backpropagated here, before the concept's forward, so that only one sample's activations are
+            # alive at a time (the preserve step's peak memory is a single forward's). Its value joins the
+            # returned loss detached: the caller's backward adds the rest of the gradient.
             k = self.rng.randrange(len(p.irrelevant))
             x0_irr = self.irrelevant_x0[k][None]
             noise_irr = torch.randn(x0_irr.shape, generator=self.gen, dtype=torch.float64).to(x0_irr.dtype)
             v_irr = self.runner.velocity(noised(x0_irr, noise_irr, sigma).to(self.runner.device), sigma,
                                          [p.irrelevant[k]], cfg.guidance_train)
             l_irr = losses.flow_matching_loss(_wide(v_irr), _wide(noise_irr.to(v_irr.device)), _wide(x0_irr.to(v_irr.device)))
-            loss = loss + cfg.lambda_preserve_irrelevant * l_irr
+            if l_irr.requires_grad:  # not under no_grad (finite-difference checks evaluate the value only)
+                (cfg.lambda_preserve_irrelevant * l_irr).backward()
+                self.runner.count_backward()
+            irrelevant_term = cfg.lambda_preserve_irrelevant * l_irr.detach()
             values["fm_irrelevant"] = l_irr.item()
+        block = self.blocks[-1]
+        capture = AttentionCapture((block,), [variant.token_idx])
+        v_lora = self.runner.velocity(x_t, sigma, [variant], cfg.guidance_train, capture=capture)
+        l_fm = losses.flow_matching_loss(_wide(v_lora), _wide(noise.to(v_lora.device)), _wide(x0.to(v_lora.device)))
+        values["fm"] = l_fm.item()
+        loss = cfg.lambda_fm * l_fm + irrelevant_term
         if cfg.lambda_rsc > 0 and p.synonyms and p.irrelevant:
             synonym = self.rng.choice(p.synonyms)
             feats = []
@@ -230,11 +238,11 @@ class ErasureTrainer:
             if cb.check_interrupt is not None:
                 cb.check_interrupt()
             phase = "erase" if (step - 1) % (k + 1) < k else "preserve"
+            self.optimizer.zero_grad(set_to_none=True)  # before the step: a step may backpropagate a term itself
             loss, values = self.erase_step() if phase == "erase" else self.preserve_step()
             values["total"] = loss.item()
             if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
                 raise NonFiniteLossError(step, values)
-            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.runner.count_backward()
             grads_finite = all(torch.isfinite(q.grad).all() for q in self.lora.parameters() if q.grad is not None)
@@ -299,7 +307,7 @@ def pathway_swap_test(runner: FluxRunner, prompts: Prompts, trajectories: Trajec
 
 
 def sample_irrelevant(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts) -> torch.Tensor | None:
-    """One frozen sample per irrelevant concept, for the optional irrelevant-concept flow matching."""
+    """One frozen sample per irrelevant concept, for the irrelevant-concept flow matching (D_ir)."""
     if cfg.lambda_preserve_irrelevant <= 0 or not prompts.irrelevant:
         return None
     side = cfg.resolution // 8
@@ -322,10 +330,11 @@ def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callb
     prompts = encode_prompts(cfg, concepts, text)
     runner.load()
     trajectories = prepare_data(cfg, runner, prompts, concept_latents)
+    irrelevant_x0 = sample_irrelevant(cfg, runner, prompts)
     data_cost = runner.counter.forward_equivalents
     pathway = pathway_swap_test(runner, prompts, trajectories, cfg.guidance_esd)
     log.info("concept pathway: %s", pathway)
-    trainer = ErasureTrainer(cfg, runner, prompts, trajectories, callbacks, sample_irrelevant(cfg, runner, prompts))
+    trainer = ErasureTrainer(cfg, runner, prompts, trajectories, callbacks, irrelevant_x0)
     history = trainer.run()
     c = runner.counter
     cost = {"forwards": c.forwards, "backwards": c.backwards, "forward_equivalents": c.forward_equivalents,

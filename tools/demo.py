@@ -1,16 +1,16 @@
 """The README's first command: erase "red" from the embedded demo world and write pictures a person can
 look at. The world (models/demo_world) is a tiny FLUX.1 built from ComfyUI's own Flux classes and trained
 on 32x32 pictures of coloured shapes, so the whole method runs in a couple of minutes on two CPU cores.
-The committed world draws the prompted colour but not yet a clean shape (docs/demo_world.md), so the
-default target is a colour; `--target circle` runs the shape target all the same.
+The world draws every colour and triangles and crosses cleanly, circles and squares less so
+(docs/demo_world.md); the default target is the colour, `--target triangle` erases a shape.
 
-    python tools/demo.py                  # erase "red" (200 steps), score 48 pictures per prompt group
-    python tools/demo.py --target circle  # a shape (with its synonyms "disc" and "dot")
+    python tools/demo.py                    # erase "red" (200 steps), score 48 pictures per prompt group
+    python tools/demo.py --target triangle  # a shape (with its synonyms "wedge" and "delta")
     python tools/demo.py --quick          # what CI runs: the same erasure, fewer pictures scored
 
 Writes to demo-output/:
   before_after.png             the same noise before and after the erasure: target prompts ("a red circle"),
-                               synonym prompts (shapes only: "a blue disc"), other prompts ("a green square")
+                               synonym prompts (shapes only: "a blue wedge"), other prompts ("a green square")
   attention_before_after.png   Attention Map Inspect's map of the target word on generator pictures, before/after
   loss_curve.png               each loss term over the run
   summary.md                   Acc_e, Acc_g, Acc_ir before and after (the judge reads every picture), seconds

@@ -161,6 +161,8 @@ def attention_probes(target: str, n: int, seed: int) -> tuple[list[str], shapes.
 TARGETS = {
     "circle": dict(prompt="a circle", anchor="a square", synonyms=shapes.SYNONYMS["circle"],
                    irrelevant=("square", "triangle", "cross")),
+    "triangle": dict(prompt="a triangle", anchor="a cross", synonyms=shapes.SYNONYMS["triangle"],
+                     irrelevant=("circle", "square", "cross")),
     "red": dict(prompt="a red shape", anchor="a blue shape", irrelevant=("green", "blue", "yellow")),
 }
 # The node's defaults, at the world's size (a 16x16 latent is 128 "pixels" in the config's VAE-x8 terms):

@@ -2,7 +2,7 @@
 
 Plain numpy/torch, no host. Everything is drawn from one `numpy.random.Generator`, so a seed fixes the
 images, the masks and the captions. A 32x32 image has one shape (circle, square, triangle, cross) in one
-colour at a random position and size on a dark grey background. Every shape has one or two synonyms
+colour at a random size and a position near the centre on a dark grey background. Every shape has one or two synonyms
 ("disc", "box", ...) that the captions use as often as the name itself, so an erasure can be scored on
 words the model knows for the same thing (the paper's generality metric, Acc_g).
 """
@@ -19,6 +19,13 @@ COLOURS = {"red": (0.90, 0.15, 0.15), "green": (0.15, 0.80, 0.20), "blue": (0.20
            "yellow": (0.95, 0.85, 0.10)}
 COLOUR_NAMES = tuple(COLOURS)
 BACKGROUND = (0.15, 0.15, 0.15)
+# Where and how big. Shapes anywhere in the picture (centres over the whole frame) left the tiny Flux
+# drawing blobs whose shape it chose at chance: averaged over all positions, every shape's conditional
+# mean is the same blob, so the shape word barely moves the prediction at high noise and the layout is
+# left to the noise (docs/demo_world.md). Centres within a few pixels of the middle keep the position
+# random but let each shape word mean a distinct layout, as a colour word means a distinct colour.
+HALF_EXTENT = (8.0, 12.0)
+CENTRE_JITTER = 3.0
 
 # {c} colour word, {s} shape word. Full captions name both; partial ones name one or none, so "a shape"
 # and "a red shape" mean something (an anchor that does not depict a given shape, Acc_e's floor).
@@ -63,13 +70,14 @@ def shape_mask(shape: str, cy: float, cx: float, r: float, size: int = SIZE) -> 
 
 
 def draw(shape_idx, colour_idx, rng: np.random.Generator, size: int = SIZE) -> Batch:
-    """Draw one image per (shape, colour) pair at a random position and size (half-extent 6-12 px)."""
+    """Draw one image per (shape, colour) pair at a random size (half-extent HALF_EXTENT px) and a
+    random position (centre within CENTRE_JITTER px of the image's centre on each axis)."""
     shape_idx = np.asarray(shape_idx, dtype=np.int64)
     colour_idx = np.asarray(colour_idx, dtype=np.int64)
     n = len(shape_idx)
-    r = rng.uniform(6.0, 12.0, n)
-    cy = rng.uniform(r + 1, size - r - 1)
-    cx = rng.uniform(r + 1, size - r - 1)
+    r = rng.uniform(*HALF_EXTENT, n)
+    cy = size / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, n)
+    cx = size / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, n)
     masks = np.stack([shape_mask(SHAPES[s], cy[i], cx[i], r[i], size) for i, s in enumerate(shape_idx)])
     colours = np.array([COLOURS[COLOUR_NAMES[c]] for c in colour_idx], dtype=np.float32)  # (n, 3)
     background = np.array(BACKGROUND, dtype=np.float32)

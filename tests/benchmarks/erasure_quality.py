@@ -1,9 +1,9 @@
 """Erasure quality in the demo world, measured the way the paper does (issue 5).
 
-Run: `python -m tests.benchmarks.erasure_quality` from the repo root (about 10 minutes on two CPU cores;
+Run: `python -m tests.benchmarks.erasure_quality` from the repo root (about 20 minutes on two CPU cores;
 `make bench` runs it with the others). Needs the committed world (models/demo_world).
 
-For each target (a shape, "circle", and a colour, "red") and each method (no erasure, ESD loss alone,
+For each target (two shapes, "circle" and "triangle", and a colour, "red") and each method (no erasure, ESD loss alone,
 the released code's schedule, our default), one erasure run on the world's Flux, applied with ComfyUI's
 LoRA loader, then pictures sampled through ComfyUI's model for every prompt group of
 `eraseanything_core.demo_world.scoring` (seeded; the same noise for every method) and read by the judge:
@@ -52,17 +52,19 @@ PROBES = 50          # generator pictures per target for attention IoU
 SEED = 1234          # sampling noise (the same for every method)
 METHODS = {
     "none": None,
-    "esd_only": dict(lambda_attn=0.0, lambda_fm=0.0, lambda_rsc=0.0),
-    "released_schedule": dict(esd_sampling="resample", reference="lora"),
+    "esd_only": dict(lambda_attn=0.0, lambda_fm=0.0, lambda_rsc=0.0, lambda_preserve_irrelevant=0.0),
+    "released_schedule": dict(esd_sampling="resample", reference="lora", lambda_rsc=0.1, lambda_preserve_irrelevant=0.0),
     "default": {},
-    "default_irrelevant_fm": dict(lambda_preserve_irrelevant=1.0),
-    "default_irrelevant_fm_300": dict(lambda_preserve_irrelevant=1.0, steps=300),
+    "released_weights": dict(lambda_rsc=0.1, lambda_preserve_irrelevant=0.0),
+    "default_with_rsc": dict(lambda_rsc=0.1),
+    "default_300": dict(steps=300),
 }
 METHOD_NAMES = {"none": "no erasure", "esd_only": "ESD loss alone (Eq. 2)",
                 "released_schedule": "released code's schedule (resample every erase step, LoRA references)",
-                "default": "ours, default",
-                "default_irrelevant_fm": "ours + flow matching on the irrelevant concepts (lambda_preserve_irrelevant = 1)",
-                "default_irrelevant_fm_300": "the same, 300 steps (the released code's count for concepts other than nudity)"}
+                "default": "ours, default (Eq. 5 off, flow matching on the irrelevant concepts)",
+                "released_weights": "ours with the released code's preserve weights (Eq. 5 at 0.1, no irrelevant-concept flow matching)",
+                "default_with_rsc": "ours, default + Eq. 5 at 0.1",
+                "default_300": "ours, default, 300 steps (the released code's count for concepts other than nudity)"}
 
 
 def attention_miou(inspect_runtime, patcher, clip, vae, target: str) -> dict:
@@ -124,7 +126,7 @@ def swap_tests(world, judge) -> dict:
     table = training.TextTable.build(clip)
     flux = patcher.model.diffusion_model
     return {target: training.swap_test(flux, clip.cond_stage_model, table, judge, target, seed=SEED)
-            for target in ("circle", "square", "red", "blue")}
+            for target in ("circle", "square", "triangle", "red", "blue")}
 
 
 def _pct(x):

@@ -59,7 +59,7 @@ def main():
     results.write_section("forward_equivalents", data, "Transformer passes per 200-step run", "\n".join(table) + (
         f"\n\nRatio released / default: **{ratio:.1f}x** (data generation included: "
         f"{ours['data_forward_equivalents']:.0f} forward-equivalents of the default run sample the 8 concept "
-        "trajectories once). Truncated reference passes count the fraction of blocks they run."),
+        "trajectories and one picture of each of the 3 irrelevant concepts once). Truncated reference passes count the fraction of blocks they run."),
         command="python -m tests.benchmarks.forward_equivalents")
 
 

@@ -96,7 +96,8 @@ def random_prompts(context_dim: int, vec_dim: int, n_txt: int, seed: int = 0):
 
 
 def make_trainer(patcher, cfg, prompts, checkpointing: bool, seed: int = 0):
-    """ErasureTrainer on random concept latents (trajectory states by noising, no sampling)."""
+    """ErasureTrainer on random concept latents (trajectory states by noising, no sampling), with random
+    latents for the irrelevant concepts' flow matching when the config has it on."""
     from eraseanything_core.comfy_flux import FluxRunner
     from eraseanything_core.data import trajectories_from_latents
     from eraseanything_core.lora import ErasureLoRA, flux_targets
@@ -110,7 +111,10 @@ def make_trainer(patcher, cfg, prompts, checkpointing: bool, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.randn((cfg.num_images, runner.latent_channels, side, side), generator=gen).to(runner.dtype)
     trajectories = trajectories_from_latents(x0, runner.sigmas(cfg.sample_steps), gen)
-    return ErasureTrainer(cfg, runner, prompts, trajectories)
+    irrelevant_x0 = None
+    if cfg.lambda_preserve_irrelevant > 0:
+        irrelevant_x0 = torch.randn((len(prompts.irrelevant), runner.latent_channels, side, side), generator=gen).to(runner.dtype)
+    return ErasureTrainer(cfg, runner, prompts, trajectories, irrelevant_x0=irrelevant_x0)
 
 
 def weights_bytes(patcher) -> int:

@@ -89,12 +89,12 @@ def step_ratio(repeats: int) -> dict:
 
         def optimize(loss, name):
             start = time.process_time()
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             parts[f"{name}_backward"].append(time.process_time() - start)
 
         def timed_forward(name, fn):
+            optimizer.zero_grad(set_to_none=True)  # before the step: the preserve step backpropagates D_ir itself
             start = time.process_time()
             loss = fn()
             parts[f"{name}_forward"].append(time.process_time() - start)
@@ -242,13 +242,13 @@ def memory_child() -> dict:
             baseline = _status_mb("VmRSS")
             saved, seconds, peaks = [], [], []
             for step in (trainer.erase_step, trainer.preserve_step):
+                trainer.optimizer.zero_grad(set_to_none=True)  # before: the preserve step backpropagates D_ir itself
                 _reset_peak_rss()
                 t0 = time.perf_counter()
                 hooks = SavedForBackward(weight_ptrs)
                 with hooks:
                     loss, _ = step()
                 saved.append(hooks.mb)
-                trainer.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 trainer.optimizer.step()
                 seconds.append(time.perf_counter() - t0)
@@ -337,18 +337,20 @@ def _speed_lines(ratio: dict, applied: dict, captured: dict) -> list[str]:
         "",
         "| part | ms |",
         "| --- | ---: |",
-        f"| erase_step forward: frozen anchor reference (one pass; the concept reference is stored with the trajectory) + training forward with Eq. 3 capture | {parts['erase_forward']:.1f} |",
+        f"| erase_step forward: frozen references (anchor + concept, one batch of 2: this trainer is built on given latents, which carry no stored velocity; a sampled run passes the anchor only) + training forward with Eq. 3 capture | {parts['erase_forward']:.1f} |",
         f"| erase backward + AdamW | {parts['erase_backward']:.1f} |",
-        f"| preserve_step forward: training forward + 1 + K = 4 truncated frozen passes (Eq. 5 features) | {parts['preserve_forward']:.1f} |",
-        f"| preserve backward + AdamW | {parts['preserve_backward']:.1f} |",
+        f"| preserve_step: training forward + backward on an irrelevant concept's sample (Eq. 4 on D_ir, backpropagated inside the step), then training forward on the concept (Eq. 5 is off by default) | {parts['preserve_forward']:.1f} |",
+        f"| preserve backward (the concept's term) + AdamW | {parts['preserve_backward']:.1f} |",
         f"| plain step: training forward | {parts['plain_forward']:.1f} |",
         f"| plain step: backward + AdamW | {parts['plain_backward']:.1f} |",
         "",
-        f"A bi-level step runs {ratio['bilevel_forwards']:.1f} forwards (in samples; a truncated pass counts its "
-        "share of the blocks) and 2 backwards; a plain LoRA step runs 1 and 1. The ratio is set by this pass "
-        "count, not by overhead: the frozen references of Eq. 2 and the Eq. 5 features are forwards a plain "
-        "LoRA step does not have. On FLUX.1-dev the truncated passes stop after double block 18 of 57 blocks "
-        "(1/3 of a pass instead of 1/2 here), so the pass count per bi-level step is 5.3 forwards + 2 backwards.",
+        f"A bi-level step runs {ratio['bilevel_forwards']:.1f} forwards (in samples) and backwards through 3 "
+        "samples (the erase step's training forward and the preserve step's two, one after the other so that one "
+        "sample's activations are alive at a time); a plain LoRA step runs 1 and 1. "
+        "The ratio is set by this pass count, not by overhead: the frozen references of Eq. 2 and the "
+        "flow matching on an irrelevant concept's sample are passes a plain LoRA step does not have. A run on "
+        "sampled concept images (the default) has the concept reference stored and runs 4 forwards; the "
+        "same counts hold on FLUX.1-dev (no truncated passes with Eq. 5 off).",
         "",
     ]
     return lines

@@ -1,6 +1,7 @@
 """The committed demo world (models/demo_world) does what the benchmark and the demo rely on: it draws the
-colour it is asked for, the concept reaches it through the T5 tokens, and the demo erases "red" end to end.
-(The committed world does not draw clean shapes yet: docs/demo_world.md; nothing here assumes it does.)"""
+colour it is asked for, and the shape where the benchmark erases one (triangles and crosses; its circles and
+squares are often confused: docs/demo_world.md), the concept reaches it through the T5 tokens, and the demo
+erases "red" end to end."""
 
 import importlib.util
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 
 from eraseanything_core.demo_world import judge as judge_lib
 from eraseanything_core.demo_world import model as world_model
-from eraseanything_core.demo_world import scoring, training
+from eraseanything_core.demo_world import scoring, shapes, training
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = REPO / "models" / "demo_world"
@@ -39,6 +40,19 @@ def test_world_draws_the_prompted_colour(world, judge):
     _, colour_pred = judge.predict(images)
     colour_acc = (colour_pred == colour_idx).float().mean().item()
     assert colour_acc >= 0.9, colour_acc
+
+
+def test_world_draws_the_prompted_shape(world, judge):
+    """The shape target of the benchmark ('triangle') is drawn nearly always; over all four shapes the world
+    is well above chance (25%). Measured at commit: triangle 98%, cross 85%, circle 73%, square 65% (48 each)."""
+    patcher, clip, _ = world
+    texts, shape_idx, _ = training.prompt_grid(per_pair=3)
+    images = scoring.sample_images(patcher, clip, texts, seed=5)
+    shape_pred, _ = judge.predict(images)
+    hit = shape_pred == shape_idx
+    triangle = shape_idx == shapes.SHAPES.index("triangle")
+    assert hit[triangle].float().mean().item() >= 0.9, hit[triangle]
+    assert hit.float().mean().item() >= 0.6, hit.float().mean().item()
 
 
 def test_the_concept_travels_through_the_tokens_not_the_pooled_vector(world, judge):

@@ -26,7 +26,7 @@ EXPECTED_NODES = {
         output=["MODEL", "ERASURE_LORA", "STRING", "IMAGE"],
         output_node=True),
     "EraseAnything_ErasureOptions": dict(
-        required={"lambda_esd", "lambda_attn", "lambda_fm", "lambda_rsc", "eta", "targets", "reference",
+        required={"lambda_esd", "lambda_attn", "lambda_fm", "lambda_rsc", "lambda_preserve_irrelevant", "eta", "targets", "reference",
                   "esd_sampling", "erase_steps_per_preserve", "gradient_checkpointing", "lora_dtype"},
         optional=set(), hidden=set(),
         output=["ERASURE_OPTIONS"],

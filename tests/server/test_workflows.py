@@ -37,7 +37,7 @@ MODEL_FILE_INPUTS = {("UNETLoader", "unet_name"), ("DualCLIPLoader", "clip_name1
 TINY_TRAIN = {"steps": 6, "resolution": 64, "num_images": 1, "rank": 4,
               # Named synonyms and irrelevant concepts skip the automatic picks (vocabulary ranking).
               "synonyms": "Vincent van Gogh", "irrelevant": "ice cream\nrainbow\nbookshelf"}
-LOSS_TERMS = {"erase": {"esd", "attn", "total"}, "preserve": {"fm", "rsc", "total"}}
+LOSS_TERMS = {"erase": {"esd", "attn", "total"}, "preserve": {"fm", "fm_irrelevant", "total"}}  # the defaults
 
 
 def ui_workflow(name: str) -> dict:
