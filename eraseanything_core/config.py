@@ -1,6 +1,6 @@
 """One frozen config for an erasure run. Defaults are the released code's (docs/method.md), except two
 loss weights of the preserve step: Eq. 5 is off (`lambda_rsc` 0; the released code's 0.1, with its
-padding-column bug fixed, stopped the erasure in every measured case) and the irrelevant concepts are
+padding-column bug fixed, stopped the erasure of two of the demo world's three targets) and the irrelevant concepts are
 kept by flow matching on their own samples (the paper's D_ir; `lambda_preserve_irrelevant` 1). Both
 are measured in tests/benchmarks/RESULTS.md and explained in docs/method.md."""
 

@@ -18,7 +18,7 @@ class ErasureOptions(io.ComfyNode):
                 io.Float.Input("lambda_esd", default=1.0, min=0.0, max=100.0, step=0.01, tooltip="Weight of the ESD negative-guidance loss (Eq. 2)."),
                 io.Float.Input("lambda_attn", default=0.001, min=0.0, max=10.0, step=0.0001, tooltip="Weight of the attention-attenuation loss on the concept tokens (Eq. 3)."),
                 io.Float.Input("lambda_fm", default=0.1, min=0.0, max=10.0, step=0.01, tooltip="Weight of the flow-matching preservation loss (Eq. 4)."),
-                io.Float.Input("lambda_rsc", default=0.0, min=0.0, max=10.0, step=0.01, tooltip="Weight of the reverse self-contrastive loss (Eq. 5). The released code's 0.1 stopped the erasure in our measurements (docs/method.md), so it is off by default."),
+                io.Float.Input("lambda_rsc", default=0.0, min=0.0, max=10.0, step=0.01, tooltip="Weight of the reverse self-contrastive loss (Eq. 5). The released code's 0.1 stopped the erasure of two of three targets in our measurements (docs/method.md), so it is off by default."),
                 io.Float.Input("lambda_preserve_irrelevant", default=1.0, min=0.0, max=10.0, step=0.01, tooltip="Weight of flow matching on one frozen sample per irrelevant concept (the paper's D_ir): keeps the other concepts. 0 = off (the released code)."),
                 io.Float.Input("eta", default=1.0, min=0.0, max=10.0, step=0.1, tooltip="ESD negative guidance: how far past the anchor the concept is pushed."),
                 io.Combo.Input("targets", options=list(TARGET_GROUPS), default="txt_qk", tooltip="Which projections get the LoRA. txt_qk is the paper's (text-side q/k of the double blocks)."),
