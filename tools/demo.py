@@ -6,7 +6,7 @@ The world draws every colour and triangles and crosses cleanly, circles and squa
 
     python tools/demo.py                    # erase "red" (200 steps), score 48 pictures per prompt group
     python tools/demo.py --target triangle  # a shape (with its synonyms "wedge" and "delta")
-    python tools/demo.py --quick          # what CI runs: the same erasure, fewer pictures scored
+    python tools/demo.py --quick            # what CI runs: the same erasure, fewer pictures scored
 
 Writes to demo-output/:
   before_after.png             the same noise before and after the erasure: target prompts ("a red circle"),
