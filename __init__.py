@@ -1,15 +1,15 @@
-"""EraseAnything for ComfyUI: registers the nodes (V3 API) and the web extension. Importing does nothing else."""
-
-from comfy_api.latest import ComfyExtension, io
+"""EraseAnything for ComfyUI: registers the nodes (V3 API) and the web extension. Importing does nothing
+else, and needs no ComfyUI (the test runner imports this package file while collecting tests/unit)."""
 
 WEB_DIRECTORY = "./web"
 
 
-class EraseAnythingExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from .nodes import NODES
-        return NODES
+async def comfy_entrypoint():
+    from comfy_api.latest import ComfyExtension
 
+    class EraseAnythingExtension(ComfyExtension):
+        async def get_node_list(self):
+            from .nodes import NODES
+            return NODES
 
-async def comfy_entrypoint() -> EraseAnythingExtension:
     return EraseAnythingExtension()

@@ -1,6 +1,7 @@
 """EraseAnything (ICML 2025) for ComfyUI's Flux: the method, in plain torch.
 
-Only `comfy_flux` imports ComfyUI; everything else is testable without the host.
+Only the adapter package `comfy/` imports ComfyUI; everything else is plain torch, testable without
+the host (docs/architecture.md).
 
 Axis legend used in shape comments throughout the package:
     b      batch

@@ -14,22 +14,17 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
 from . import losses
-from .comfy_flux import AttentionCapture, FluxRunner, TextCond
 from .concepts import ConceptSet, augment_prompt, resolve_concepts
 from .config import EraseConfig
 from .data import Trajectories, euler_sample, noised, sample_trajectories, trajectories_from_latents
+from .runner import AttentionCapture, Runner, TextCond, TextEncoder, block_index, token_grid
 
 log = logging.getLogger(__name__)
-
-
-class TextEncoder(Protocol):
-    def encode(self, text: str, concept_word: str | None) -> TextCond: ...
-    def embed_pooled(self, texts: list[str]) -> torch.Tensor: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -45,14 +40,33 @@ class StepReport:
     total: int
     phase: str           # "erase" | "preserve"
     values: dict         # loss terms of this step, floats
-    preview: torch.Tensor | None = None  # every preview_every erase steps: (h_tok, w_tok) concept map in [0, 1]
+    preview: torch.Tensor | None = None  # first and every preview_every-th erase step: (h_tok, w_tok) map in [0, 1]
 
 
 @dataclass
 class Callbacks:
     on_step: Callable[[StepReport], None] | None = None
+    on_data: Callable[[str, int, int], None] | None = None         # (label, done, total) while sampling data
     check_interrupt: Callable[[], None] | None = None              # raises to stop; called every step
-    preview_every: int = 10
+    preview_every: int = 10                                        # in erase steps
+
+    def data_progress(self, label: str, total: int):
+        """A velocity wrapper for data generation: counts its calls toward `total`, reports them through
+        on_data and honours interrupts."""
+        done = 0
+
+        def wrap(velocity):
+            def counted(x, sigma):
+                nonlocal done
+                if self.check_interrupt is not None:
+                    self.check_interrupt()
+                v = velocity(x, sigma)
+                done += 1
+                if self.on_data is not None:
+                    self.on_data(label, done, total)
+                return v
+            return counted
+        return wrap
 
 
 @dataclass
@@ -88,13 +102,7 @@ def encode_prompts(cfg: EraseConfig, concepts: ConceptSet, text: TextEncoder) ->
 
 
 def _attn_block_indices(cfg: EraseConfig, depth: int) -> tuple[int, ...]:
-    out = []
-    for i in cfg.attn_blocks:
-        j = i + depth if i < 0 else i
-        if not 0 <= j < depth:
-            raise ValueError(f"attn_blocks has {i}, but the model has {depth} double blocks.")
-        out.append(j)
-    return tuple(sorted(set(out)))
+    return tuple(sorted({block_index(i, depth, "attn_blocks: block") for i in cfg.attn_blocks}))
 
 
 def _same_length_groups(conds: list[TextCond]) -> list[list[TextCond]]:
@@ -122,13 +130,13 @@ def _image_feature(probs: torch.Tensor, n_txt: int) -> torch.Tensor:
 
 
 class ErasureTrainer:
-    def __init__(self, cfg: EraseConfig, runner: FluxRunner, prompts: Prompts, trajectories: Trajectories,
+    def __init__(self, cfg: EraseConfig, runner: Runner, prompts: Prompts, trajectories: Trajectories,
                  callbacks: Callbacks | None = None, irrelevant_x0: torch.Tensor | None = None):
         self.cfg, self.runner, self.prompts, self.traj = cfg, runner, prompts, trajectories
         self.irrelevant_x0 = irrelevant_x0  # (K, c, h, w), one frozen sample per irrelevant concept
         self.lora = runner.lora
         self.callbacks = callbacks or Callbacks()
-        self.blocks = _attn_block_indices(cfg, len(runner.diffusion_model.double_blocks))
+        self.blocks = _attn_block_indices(cfg, runner.double_blocks)
         self.rng = random.Random(cfg.seed + 1)
         self.gen = torch.Generator().manual_seed(cfg.seed + 2)
         self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -228,12 +236,13 @@ class ErasureTrainer:
     def _concept_map(self) -> torch.Tensor:
         """Where the image queries of the last erase step looked at the concept: (h_tok, w_tok) in [0, 1]."""
         probs, n_txt, (h, w) = self._last_probs
-        concept_map = probs[0, :, n_txt:, :].mean(dim=(0, 2)).reshape(h // 2, w // 2).float().cpu()
+        concept_map = probs[0, :, n_txt:, :].mean(dim=(0, 2)).reshape(token_grid((h, w))).float().cpu()
         return concept_map / concept_map.max().clamp_min(1e-12)
 
     def run(self) -> list[dict]:
         cfg, cb = self.cfg, self.callbacks
         k = cfg.erase_steps_per_preserve
+        erase_steps = 0
         for step in range(1, cfg.steps + 1):
             if cb.check_interrupt is not None:
                 cb.check_interrupt()
@@ -250,14 +259,15 @@ class ErasureTrainer:
                 raise NonFiniteLossError(step, {**values, "grad": float("nan")})
             self.optimizer.step()
             self.history.append({"step": step, "phase": phase, **values})
+            erase_steps += phase == "erase"
             if cb.on_step is not None:
-                preview = phase == "erase" and (step % cb.preview_every == 0 or step == 1)
+                preview = phase == "erase" and (erase_steps == 1 or erase_steps % cb.preview_every == 0)
                 cb.on_step(StepReport(step, cfg.steps, phase, values, self._concept_map() if preview else None))
         return self.history
 
 
-def prepare_data(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts,
-                 concept_latents: torch.Tensor | None = None) -> Trajectories:
+def prepare_data(cfg: EraseConfig, runner: Runner, prompts: Prompts,
+                 concept_latents: torch.Tensor | None = None, callbacks: Callbacks | None = None) -> Trajectories:
     """The concept latents D_un with their trajectories, sampled once by the frozen model, or built by
     noising latents the user supplied (model space, (n, c, h, w))."""
     if concept_latents is not None:
@@ -267,12 +277,15 @@ def prepare_data(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts,
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((cfg.num_images, runner.latent_channels, side, side), generator=gen)
     sigmas = runner.sigmas(cfg.sample_steps)
+    batch = 4
+    progress = (callbacks or Callbacks()).data_progress(
+        f"sampling {cfg.num_images} concept images", -(-cfg.num_images // batch) * cfg.sample_steps)
     with torch.no_grad(), runner.lora.disabled():
-        return sample_trajectories(lambda x, s: runner.velocity(x, s, [prompts.concept] * x.shape[0], cfg.guidance_esd),
-                                   noise.to(runner.device), sigmas, store_dtype=runner.dtype)
+        return sample_trajectories(progress(lambda x, s: runner.velocity(x, s, [prompts.concept] * x.shape[0], cfg.guidance_esd)),
+                                   noise.to(runner.device), sigmas, batch_size=batch, store_dtype=runner.dtype)
 
 
-def pathway_swap_test(runner: FluxRunner, prompts: Prompts, trajectories: Trajectories, guidance: float,
+def pathway_swap_test(runner: Runner, prompts: Prompts, trajectories: Trajectories, guidance: float,
                       samples: int = 2) -> dict:
     """How much of the concept reaches the image through the T5 tokens and how much through CLIP's
     pooled vector. A q/k LoRA (the paper's target) acts on the tokens only, so a concept carried by the
@@ -306,7 +319,8 @@ def pathway_swap_test(runner: FluxRunner, prompts: Prompts, trajectories: Trajec
     return result
 
 
-def sample_irrelevant(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts) -> torch.Tensor | None:
+def sample_irrelevant(cfg: EraseConfig, runner: Runner, prompts: Prompts,
+                      callbacks: Callbacks | None = None) -> torch.Tensor | None:
     """One frozen sample per irrelevant concept, for the irrelevant-concept flow matching (D_ir)."""
     if cfg.lambda_preserve_irrelevant <= 0 or not prompts.irrelevant:
         return None
@@ -314,23 +328,31 @@ def sample_irrelevant(cfg: EraseConfig, runner: FluxRunner, prompts: Prompts) ->
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     noise = torch.randn((len(prompts.irrelevant), runner.latent_channels, side, side), generator=gen)
     sigmas = runner.sigmas(cfg.sample_steps)
+    progress = (callbacks or Callbacks()).data_progress(
+        f"sampling {len(prompts.irrelevant)} irrelevant-concept images", cfg.sample_steps)
     with torch.no_grad(), runner.lora.disabled():
-        return euler_sample(lambda x, s: runner.velocity(x, s, prompts.irrelevant, cfg.guidance_esd),
+        return euler_sample(progress(lambda x, s: runner.velocity(x, s, prompts.irrelevant, cfg.guidance_esd)),
                             noise.to(runner.device), sigmas).to("cpu", runner.dtype)
 
 
-def train_erasure(cfg: EraseConfig, runner: FluxRunner, text: TextEncoder, callbacks: Callbacks | None = None,
+def train_erasure(cfg: EraseConfig, runner: Runner, text: TextEncoder, callbacks: Callbacks | None = None,
                   concept_latents: torch.Tensor | None = None) -> TrainResult:
-    """The whole run: concepts, prompts, data, loop. Call outside inference mode, with grad enabled.
+    """The whole run: concepts, prompts, data, loop. Sets up its own grad mode: ComfyUI runs nodes in
+    inference mode, whose tensors autograd cannot save.
     concept_latents: optional (n, c, h, w) model-space latents of the concept instead of sampling."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_erasure(cfg, runner, text, callbacks, concept_latents)
+
+
+def _train_erasure(cfg, runner, text, callbacks, concept_latents) -> TrainResult:
     start = time.perf_counter()
     concepts = resolve_concepts(cfg, text.embed_pooled)
     log.info("erasing %r: anchor %r, synonyms %s, irrelevant %s", concepts.concept, concepts.anchor,
              list(concepts.synonyms), list(concepts.irrelevant))
     prompts = encode_prompts(cfg, concepts, text)
     runner.load()
-    trajectories = prepare_data(cfg, runner, prompts, concept_latents)
-    irrelevant_x0 = sample_irrelevant(cfg, runner, prompts)
+    trajectories = prepare_data(cfg, runner, prompts, concept_latents, callbacks)
+    irrelevant_x0 = sample_irrelevant(cfg, runner, prompts, callbacks)
     data_cost = runner.counter.forward_equivalents
     pathway = pathway_swap_test(runner, prompts, trajectories, cfg.guidance_esd)
     log.info("concept pathway: %s", pathway)

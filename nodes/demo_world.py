@@ -39,6 +39,6 @@ class LoadDemoWorld(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        from ..eraseanything_core.demo_world.model import load_world
+        from ..eraseanything_core.comfy.demo_world import load_world
         model, clip, vae = load_world(cls.WEIGHTS_DIR)
         return io.NodeOutput(model, clip, vae)

@@ -19,8 +19,11 @@ import comfy.utils
 
 from ..eraseanything_core.attention_maps import (N_TXT_KEY, AttentionMapCapture, parse_blocks, parse_sigmas,
                                                  prompt_words, soft_masks, split_words, to_grid, upsample)
-from ..eraseanything_core.comfy_flux import check_flux, encode_prompt
+from ..eraseanything_core.comfy import sampling
+from ..eraseanything_core.comfy.flux import check_flux
+from ..eraseanything_core.comfy.text import encode_prompt
 from ..eraseanything_core.concepts import concept_token_idx
+from ..eraseanything_core.runner import token_grid
 from . import visual
 
 log = logging.getLogger(__name__)
@@ -119,11 +122,9 @@ def _background(x0, latent, image, vae) -> tuple[Image.Image, tuple[int, int]]:
 
 def _forward_each_sigma(patched, x0: torch.Tensor, cond, sigmas, seed: int, node_id):
     """One model call per sigma on x_t = (1 - sigma) x0 + sigma noise (model space); the capture records."""
-    model = patched.model
     device = patched.load_device
-    x0 = model.process_latent_in(x0)  # (1, c, h, w)
+    x0 = patched.model.process_latent_in(x0)  # (1, c, h, w)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    base = dict(patched.model_options.get("transformer_options", {}))
     context, pooled = cond.context.to(device), cond.pooled.to(device)
     guidance = torch.full((x0.shape[0],), GUIDANCE, device=device)
     pbar = comfy.utils.ProgressBar(len(sigmas), node_id=node_id)
@@ -132,8 +133,7 @@ def _forward_each_sigma(patched, x0: torch.Tensor, cond, sigmas, seed: int, node
         t = torch.full((x0.shape[0],), sigma, device=device, dtype=torch.float32)
         x_t = ((1.0 - sigma) * x0 + sigma * noise).to(device)
         with torch.no_grad():
-            model.apply_model(x_t, t, c_crossattn=context, y=pooled, guidance=guidance,
-                              transformer_options={**base, "sigmas": t})
+            sampling.denoise(patched, x_t, t, context, pooled, guidance)
         pbar.update(1)
 
 
@@ -191,12 +191,11 @@ def inspect(model, clip, prompt: str, words: str, *, latent=None, image=None, va
                                   query_chunk=QUERY_CHUNK, inner=options.get(OVERRIDE_KEY))
     options[OVERRIDE_KEY] = capture
     options[N_TXT_KEY] = cond.context.shape[1]
-    comfy.model_management.load_models_gpu([patched])
+    sampling.load(patched)
     _forward_each_sigma(patched, x0, cond, sigma_list, seed, node_id)
     result = capture.result()
 
-    grid_hw = (-(-x0.shape[2] // 2), -(-x0.shape[3] // 2))  # Flux packs 2x2 latent patches
-    maps = to_grid(result.maps, grid_hw)[0]  # (w, gh, gw)
+    maps = to_grid(result.maps, token_grid(x0.shape[2:]))[0]  # (w, gh, gw)
     soft = soft_masks(maps, shared_scale)
     background, pixel_hw = _background(x0, latent, image, vae)
     return Inspection(words=shown, maps=maps, mass=result.mass, masks=upsample(soft, pixel_hw),

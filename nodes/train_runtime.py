@@ -6,20 +6,20 @@ from dataclasses import dataclass
 import torch
 
 import comfy.model_management
-import comfy.sd
 import comfy.utils
 import folder_paths
 
 from ..eraseanything_core import __version__, lora_file
-from ..eraseanything_core.comfy_flux import ClipText, FluxRunner
+from ..eraseanything_core.comfy import flux
+from ..eraseanything_core.comfy.text import ClipText
 from ..eraseanything_core.config import EraseConfig
-from ..eraseanything_core.lora import ErasureLoRA, flux_targets
-from ..eraseanything_core.trainer import Callbacks, NonFiniteLossError, StepReport, train_erasure
+from ..eraseanything_core.trainer import Callbacks, NonFiniteLossError, StepReport
 from . import visual
 
 log = logging.getLogger(__name__)
 
 EVENT_LOSS = "eraseanything.loss"
+EVENT_PHASE = "eraseanything.phase"
 
 
 @dataclass
@@ -31,17 +31,25 @@ class NodeResult:
 
 
 def _send(event: str, data: dict):
+    """To the client that queued the prompt only, tagged with its prompt id; nothing for a prompt queued
+    without a client id (an API call), as ComfyUI does with its own execution events."""
     try:
         from server import PromptServer
     except ImportError:  # in-process use without the server
         return
     instance = getattr(PromptServer, "instance", None)
-    if instance is not None:
-        instance.send_sync(event, data)
+    client = getattr(instance, "client_id", None)
+    if client is not None:
+        instance.send_sync(event, {**data, "prompt_id": getattr(instance, "last_prompt_id", None)}, client)
 
 
 def _callbacks(cfg: EraseConfig, node_id) -> Callbacks:
     pbar = comfy.utils.ProgressBar(cfg.steps, node_id=node_id)
+
+    def on_data(label: str, done: int, total: int):
+        # Data preparation has its own count on the same bar; the chart's header names the phase.
+        _send(EVENT_PHASE, {"node": node_id, "label": label, "done": done, "total": total})
+        pbar.update_absolute(done, total)
 
     def on_step(report: StepReport):
         _send(EVENT_LOSS, {"node": node_id, "step": report.step, "total": report.total,
@@ -50,9 +58,10 @@ def _callbacks(cfg: EraseConfig, node_id) -> Callbacks:
         preview = None if report.preview is None else ("JPEG", visual.heatmap(report.preview), 256)
         pbar.update_absolute(report.step, report.total, preview)
 
-    return Callbacks(on_step=on_step,
+    erase_steps = cfg.steps * cfg.erase_steps_per_preserve // (cfg.erase_steps_per_preserve + 1)
+    return Callbacks(on_step=on_step, on_data=on_data,
                      check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-                     preview_every=max(1, min(10, cfg.steps // 10)))
+                     preview_every=max(1, min(10, erase_steps // 10)))
 
 
 def _metadata(cfg: EraseConfig, result, model) -> dict:
@@ -63,35 +72,25 @@ def _metadata(cfg: EraseConfig, result, model) -> dict:
             "base_model": lora_file.model_fingerprint(model.model.diffusion_model.state_dict().items())}
 
 
-def new_lora(cfg: EraseConfig, model) -> ErasureLoRA:
-    p = model.model.diffusion_model.params
-    targets = flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks, p.vec_in_dim)
-    dtype = torch.float32 if cfg.lora_dtype == "float32" else torch.bfloat16
-    return ErasureLoRA(targets, cfg.rank, generator=torch.Generator().manual_seed(cfg.seed), dtype=dtype)
-
-
 def train_in_node(model, clip, cfg: EraseConfig, lora_name: str, node_id=None, latents=None) -> NodeResult:
     folder = folder_paths.get_folder_paths("loras")[0]
     lora_file.safe_lora_path(folder, lora_name)  # refuse a bad name before hours of training
-    with torch.inference_mode(False), torch.enable_grad():  # the executor runs nodes in inference mode
-        lora = new_lora(cfg, model)
-        runner = FluxRunner(model, lora, cfg.gradient_checkpointing)
-        try:
-            concept_latents = None if latents is None else model.model.process_latent_in(latents.clone())
-            result = train_erasure(cfg, runner, ClipText(clip), _callbacks(cfg, node_id), concept_latents)
-        except NonFiniteLossError as err:
-            kept = lora_file.save_lora_file(lora_file.peft_state_dict(lora, torch.float32), folder,
-                                            f"{lora_name}_lastgood_step{err.step - 1}", {"config": cfg.to_metadata()})
-            raise RuntimeError(f"{err} Saved as {kept.name}.") from err
-        except comfy.model_management.InterruptProcessingException:
-            log.info("Train Erasure LoRA interrupted: nothing was written to models/loras.")
-            raise
-    state_dict = lora_file.peft_state_dict(lora, torch.float32)
+    runner = flux.build_runner(model, cfg)  # refuses a model that is not a FLUX.1
+    try:
+        erasure = flux.train(model, ClipText(clip), cfg, _callbacks(cfg, node_id), latents, runner=runner)
+    except NonFiniteLossError as err:
+        kept = lora_file.save_lora_file(lora_file.peft_state_dict(runner.lora, torch.float32), folder,
+                                        f"{lora_name}_lastgood_step{err.step - 1}", {"config": cfg.to_metadata()})
+        raise RuntimeError(f"{err} Saved as {kept.name}.") from err
+    except comfy.model_management.InterruptProcessingException:
+        log.info("Train Erasure LoRA interrupted: nothing was written to models/loras.")
+        raise
+    result = erasure.result
     metadata = _metadata(cfg, result, model)
-    path = lora_file.save_lora_file(state_dict, folder, lora_name, metadata)
-    log.info("saved %s (%d tensors) after %.1f s; %.0f forward-equivalents", path, len(state_dict),
+    path = lora_file.save_lora_file(erasure.state_dict, folder, lora_name, metadata)
+    log.info("saved %s (%d tensors) after %.1f s; %.0f forward-equivalents", path, len(erasure.state_dict),
              result.seconds, result.cost["forward_equivalents"])
-    erased, _ = comfy.sd.load_lora_for_models(model, None, state_dict, 1.0, 0)
     chart = visual.to_image_tensor(visual.loss_chart(result.history))
     # the in-graph LoRA carries the same metadata as the file header, so Apply describes both alike
-    return NodeResult(erased, {"state_dict": state_dict, "metadata": lora_file.encode_metadata(metadata)}, path.name, chart)
+    return NodeResult(erasure.model, {"state_dict": erasure.state_dict, "metadata": lora_file.encode_metadata(metadata)},
+                      path.name, chart)

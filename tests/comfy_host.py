@@ -1,51 +1,27 @@
-"""The real ComfyUI as a test host: import it on the CPU and build tiny Flux models through its loaders.
+"""Tiny Flux models for tests, built through the real ComfyUI's loaders (host bootstrap: tools/host.py).
 
 Used by the in-process tests (via conftest.py) and by the test-only node pack that the server tests
 load (tests/tiny_models_pack), so both build byte-identical models from the same seeds.
 """
 
-import contextlib
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-CACHE = Path(os.environ.get("EA_CACHE", Path.home() / ".cache" / "eraseanything-comfyui"))
-COMFY_DIR = Path(os.environ.get("EA_COMFY_DIR", CACHE / "comfyui"))
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # the server loads this file by path; append, so ComfyUI's modules win
+    sys.path.append(str(_REPO))
+from tools.host import CACHE, COMFY_DIR, import_comfy, import_pack_module  # noqa: E402,F401
 
 # hidden 64, 2 heads of 32 (RoPE axes 8+12+12), 2 double + 2 single blocks, T5 width 32, pooled 16.
 TINY_FLUX = dict(hidden=64, heads=2, axes_dim=(8, 12, 12), depth=2, depth_single=2, context=32, vec=16)
 
 
-def import_comfy():
-    """Put ComfyUI on sys.path and select the CPU before model_management is imported."""
-    if str(COMFY_DIR) not in sys.path:
-        sys.path.insert(0, str(COMFY_DIR))
-    from comfy.cli_args import args
-    args.cpu = True
-    import comfy.model_management  # noqa: F401  (reads args.cpu at import)
-    import comfy.sd  # noqa: F401
-
-
-def tiny_flux_detection():
-    """ComfyUI's Flux detection for non-3072 widths (shared with the demo world's loader)."""
-    repo = str(Path(__file__).resolve().parents[1])
-    if repo not in sys.path:  # the server loads this file by path; append, so ComfyUI's modules win
-        sys.path.append(repo)
-    from eraseanything_core.demo_world.model import tiny_flux_detection as detection
-    return detection()
-
-
-def flux_state_dict(hidden=64, heads=2, axes_dim=(8, 12, 12), depth=2, depth_single=2, context=32, vec=16,
-                    seed=0, dtype=torch.float32, std=0.05):
+def flux_state_dict(seed=0, dtype=torch.float32, std=0.05, **shape):
     """A seeded random Flux.1-dev state dict (guidance embedding on), keyed as ComfyUI saves it."""
-    import comfy.ops
-    from comfy.ldm.flux.model import Flux
-    meta = Flux(in_channels=16, out_channels=16, vec_in_dim=vec, context_in_dim=context, hidden_size=hidden,
-                mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=depth_single,
-                axes_dim=list(axes_dim), theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
-                device="meta", operations=comfy.ops.disable_weight_init)
+    from eraseanything_core.comfy.demo_world import flux_module
+    meta = flux_module("meta", **{**TINY_FLUX, **shape})
     gen = torch.Generator().manual_seed(seed)
     sd = {}
     for name, p in meta.state_dict().items():
@@ -58,21 +34,15 @@ def flux_state_dict(hidden=64, heads=2, axes_dim=(8, 12, 12), depth=2, depth_sin
 
 def load_flux(sd, dtype=None):
     """Load a Flux state dict through ComfyUI's own `load_diffusion_model_state_dict` -> ModelPatcher."""
-    import comfy.sd
-    options = {"dtype": dtype} if dtype is not None else {}
-    real_width = sd["img_in.weight"].shape[0] == 3072  # real Flux width: the stock, unpatched detection
-    with contextlib.nullcontext() if real_width else tiny_flux_detection():
-        mp = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
-    if mp is None:
-        raise RuntimeError("ComfyUI did not recognise the synthetic Flux state dict")
-    return mp
+    from eraseanything_core.comfy.demo_world import load_flux as load
+    return load(sd, dtype=dtype)
 
 
 def tiny_flux(seed=0, dtype=None, cut=(), **shape):
     """The tiny Flux; `cut` names weights to zero, e.g. the pooled-vector path
     ("vector_in.out_layer.weight", "vector_in.out_layer.bias") so prompts reach the image through the
     T5 tokens only, as the paper finds for FLUX.1."""
-    sd = flux_state_dict(seed=seed, **{**TINY_FLUX, **shape})
+    sd = flux_state_dict(seed=seed, **shape)
     for key in cut:
         sd[key].zero_()
     return load_flux(sd, dtype=dtype)
@@ -107,21 +77,3 @@ def tiny_clip(seed=0, contextual=True):
             if not contextual and "t5xxl" in name and (name.endswith(".o.weight") or name.endswith(".wo.weight")):
                 p.zero_()
     return clip
-
-
-PACK_NAME = "eraseanything_pack_under_test"
-
-
-def import_pack_module(submodule: str):
-    """A module of this repo imported the way ComfyUI imports a custom node pack (a package by
-    directory, relative imports inside), e.g. import_pack_module("nodes.apply_runtime")."""
-    import importlib
-    import importlib.util
-    repo = Path(__file__).resolve().parents[1]
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, repo / "__init__.py",
-                                                      submodule_search_locations=[str(repo)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACK_NAME}.{submodule}")

@@ -1,8 +1,9 @@
+"""Fixtures shared by the layers that run on the real ComfyUI. The unit layer needs no ComfyUI: the
+layers that do import it from their own conftest (`comfy_host.import_comfy()`), before anything else."""
+
 import pytest
 
 from tests import comfy_host
-
-comfy_host.import_comfy()
 
 
 @pytest.fixture(scope="session")

@@ -28,13 +28,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # appended: ComfyUI's own `nodes` module must stay ahead of our nodes/ package
     sys.path.append(str(REPO))
-from tests import comfy_host  # noqa: E402
+from tools import host  # noqa: E402
 
-comfy_host.import_comfy()
+host.import_comfy()
 
 from eraseanything_core import lora_file  # noqa: E402
+from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
-from eraseanything_core.demo_world import model as world_model  # noqa: E402
+from eraseanything_core.comfy import flux  # noqa: E402
+from eraseanything_core.comfy.text import ClipText  # noqa: E402
 from eraseanything_core.demo_world import scoring  # noqa: E402
 
 log = logging.getLogger("demo")
@@ -109,19 +111,20 @@ def main(argv=None):
         log.propagate = False
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    visual = comfy_host.import_pack_module("nodes.visual")
-    inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
+    visual = host.import_pack_module("nodes.visual")
+    inspect_runtime = host.import_pack_module("nodes.inspect_runtime")
 
     start = time.perf_counter()
     patcher, clip, vae = world_model.load_world(args.world)
     judge = judge_lib.load(args.world / world_model.JUDGE_FILE)
     cfg = scoring.erasure_config(args.target, **({"steps": args.steps} if args.steps else {}))
     groups = scoring.prompt_groups(args.target, cfg.anchor, args.samples)
-    before, before_images = scoring.score_groups(patcher, clip, judge, args.target, groups, seed=7)
+    before, before_images = scoring.score_groups(world_model.sampler(patcher, clip), judge, args.target, groups, seed=7)
 
-    erased, result, state_dict = scoring.erase(patcher, clip, cfg)
+    erasure = flux.train(patcher, ClipText(clip), cfg)
+    erased, result, state_dict = erasure.model, erasure.result, erasure.state_dict
     train_seconds = result.seconds
-    after, after_images = scoring.score_groups(erased, clip, judge, args.target, groups, seed=7)
+    after, after_images = scoring.score_groups(world_model.sampler(erased, clip), judge, args.target, groups, seed=7)
 
     sections = []
     for g in groups:

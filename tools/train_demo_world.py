@@ -25,12 +25,12 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # appended: ComfyUI's own `nodes` module must stay ahead of our nodes/ package
     sys.path.append(str(REPO))
-from tests import comfy_host  # noqa: E402
+from tools import host  # noqa: E402
 
-comfy_host.import_comfy()
+host.import_comfy()
 
+from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
-from eraseanything_core.demo_world import model as world_model  # noqa: E402
 from eraseanything_core.demo_world import shapes, training  # noqa: E402
 
 log = logging.getLogger("train_demo_world")
@@ -103,13 +103,13 @@ class EMA:
 
 
 def evaluate(flux, clip_model, table, judge, step, seed, per_pair=2, final=False):
-    shape_acc, colour_acc = training.prompt_accuracy(flux, clip_model, table, judge, seed=seed, per_pair=per_pair)
+    shape_acc, colour_acc = training.prompt_accuracy(world_model.trainable_velocity(flux), clip_model, table, judge, seed=seed, per_pair=per_pair)
     log.info("eval step %d: prompts 'a {colour} {shape}', %d samples, 16 Euler steps: shape %.3f colour %.3f",
              step, per_pair * 16, shape_acc, colour_acc)
     result = {"step": step, "shape_acc": shape_acc, "colour_acc": colour_acc}
     if final:
         for shape in ("circle", "square"):
-            swap = training.swap_test(flux, clip_model, table, judge, shape, seed=seed)
+            swap = training.swap_test(world_model.trainable_velocity(flux), clip_model, table, judge, shape, seed=seed)
             log.info("swap test '%s' (share judged %s, 64 samples): %s", shape, shape, json.dumps(swap))
             result[f"swap_{shape}"] = swap
     return result
@@ -131,6 +131,7 @@ def train_world(args, judge):
     clip_model.requires_grad_(False)
     world_model.make_t5_trainable(clip_model)
     table = training.TextTable.build(clip)
+    velocity = world_model.trainable_velocity(flux)
     named = [(f"flux.{k}", p) for k, p in flux.named_parameters()] + \
             [(f"t5.{k}", p) for k, p in clip_model.t5xxl.named_parameters()]
     opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, weight_decay=0.0)
@@ -146,7 +147,7 @@ def train_world(args, judge):
     while step < args.max_steps and time.time() - t0 < args.minutes * 60:
         batch = shapes.sample(args.batch, rng)
         texts = shapes.captions(batch, rng, args.p_partial)
-        loss = training.flow_loss(flux, clip_model, table, batch.images, texts, gen, args.p_pooled_true)
+        loss = training.flow_loss(velocity, clip_model, table, batch.images, texts, gen, args.p_pooled_true)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr (now {args.lr:g})")
         opt.zero_grad(set_to_none=True)

@@ -1,9 +1,9 @@
 """Scoring an erasure in the demo world the way the paper does: Acc_e, Acc_ir, Acc_g, and attention IoU.
 
-Pictures are sampled through ComfyUI's model object (`BaseModel.apply_model`, the model's own "simple"
-sigma schedule, Euler: what KSampler computes with euler / simple / cfg 1 and FluxGuidance), so an
-erasure applied by ComfyUI's LoRA loader is scored exactly as a workflow would draw it. The world's VAE
-decodes them and the judge reads shape and colour. Every `comfy` import is inside a function.
+Pictures come from a `sample(texts, seed) -> (n, 3, 32, 32)` function; in the pack that is
+comfy/demo_world.py's `sample_images` on a ModelPatcher (what KSampler draws with euler / simple / cfg 1
+and FluxGuidance), so an erasure applied by ComfyUI's LoRA loader is scored exactly as a workflow would
+draw it. The judge reads shape and colour.
 
 Prompt groups for a target concept (a shape or a colour of shapes.py):
   target   every full caption template with the target word, over all values of the other attribute
@@ -19,12 +19,7 @@ import numpy as np
 import torch
 
 from ..config import EraseConfig
-from . import model as world_model
 from . import shapes
-from .vae import model_space_to_pixels
-
-GUIDANCE = 3.5  # FluxGuidance's default
-SAMPLE_STEPS = 16
 
 
 @dataclass
@@ -73,37 +68,6 @@ def prompt_groups(target: str, anchor: str, min_samples: int = 100) -> list[Prom
     return out
 
 
-@torch.no_grad()
-def sample_images(patcher, clip, texts: list[str], seed: int, steps: int = SAMPLE_STEPS,
-                  guidance: float = GUIDANCE, batch: int = 128) -> torch.Tensor:
-    """Pictures (n, 3, 32, 32) in [0, 1], one per text, from ComfyUI's model with its patches (LoRAs)
-    applied. Seeded: the noise of picture i depends only on (seed, i)."""
-    import comfy.model_management
-    import comfy.samplers
-    comfy.model_management.load_models_gpu([patcher])
-    model = patcher.model
-    device = patcher.load_device
-    sigmas = comfy.samplers.calculate_sigmas(model.model_sampling, "simple", steps).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(texts), 16, 16, 16), generator=gen)
-    pictures = []
-    for start in range(0, len(texts), batch):
-        chunk = texts[start:start + batch]
-        t5_ids, clip_l_ids = world_model.tokenize(clip, chunk)
-        context, pooled = world_model.encode(clip.cond_stage_model, t5_ids, clip_l_ids)
-        context, pooled = context.to(device), pooled.to(device)
-        g = torch.full((len(chunk),), guidance, device=device)
-        x = noise[start:start + batch].to(device) * sigmas[0]  # CONST noise scaling of an empty latent
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            s = sigma.expand(len(chunk))
-            denoised = model.apply_model(x, s, c_crossattn=context, y=pooled, guidance=g,
-                                         transformer_options={"sigmas": s})
-            x = x + (x - denoised) / sigma * (sigma_next - sigma)  # Euler, as comfy's sample_euler
-        # x is the model-space latent (what the transformer sees): pixels in [-1, 1] (vae.py)
-        pictures.append(((model_space_to_pixels(x.float().cpu()) + 1) / 2).clamp(0, 1))
-    return torch.cat(pictures)
-
-
 @dataclass
 class GroupScore:
     target_rate: float      # share judged to show the target (shape or colour)
@@ -123,12 +87,12 @@ def score(judge, images: torch.Tensor, group: PromptGroup, target: str) -> Group
     return GroupScore(*(x.float().mean().item() for x in (target_hit, same_kind, shape_ok & colour_ok, kept)))
 
 
-def score_groups(patcher, clip, judge, target: str, groups: list[PromptGroup], seed: int):
-    """Sample every group (sample_images, the same seed for each) and score it: ({name: GroupScore},
+def score_groups(sample, judge, target: str, groups: list[PromptGroup], seed: int):
+    """Sample every group (sample(texts, seed), the same seed for each) and score it: ({name: GroupScore},
     {name: pictures (n, 3, 32, 32)})."""
     scores, pictures = {}, {}
     for g in groups:
-        pictures[g.name] = sample_images(patcher, clip, g.texts, seed=seed)
+        pictures[g.name] = sample(g.texts, seed)
         scores[g.name] = score(judge, pictures[g.name], g, target)
     return scores, pictures
 
@@ -172,21 +136,3 @@ WORLD_RUN = dict(resolution=128)
 
 def erasure_config(target: str, **changes) -> EraseConfig:
     return EraseConfig(concept=target, **{**TARGETS[target], **WORLD_RUN, **changes})
-
-
-def erase(patcher, clip, cfg):
-    """Train an erasure LoRA on the world's model and apply it as Apply Erasure LoRA does (ComfyUI's LoRA
-    loader, strength 1). Returns (erased ModelPatcher, TrainResult, PEFT state dict)."""
-    import comfy.sd
-    from ..comfy_flux import ClipText, FluxRunner
-    from ..lora import ErasureLoRA, flux_targets
-    from ..lora_file import peft_state_dict
-    from ..trainer import train_erasure
-    p = patcher.model.diffusion_model.params
-    lora = ErasureLoRA(flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks, p.vec_in_dim),
-                       cfg.rank, generator=torch.Generator().manual_seed(cfg.seed))
-    with torch.inference_mode(False), torch.enable_grad():
-        result = train_erasure(cfg, FluxRunner(patcher, lora), ClipText(clip))
-    state_dict = peft_state_dict(lora, torch.float32)
-    erased, _ = comfy.sd.load_lora_for_models(patcher, None, state_dict, 1.0, 0)
-    return erased, result, state_dict

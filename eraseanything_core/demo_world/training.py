@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import model as world_model
 from . import shapes
+from . import text as world_text
 from .vae import model_space_to_pixels, pixels_to_model_space
 
 
@@ -46,8 +46,8 @@ class TextTable:
     @classmethod
     def build(cls, clip, extra: tuple[str, ...] = ()) -> "TextTable":
         captions = sorted(set(shapes.all_captions()) | set(extra))
-        t5_ids, clip_l_ids = world_model.tokenize(clip, captions)
-        _, pooled = world_model.encode(clip.cond_stage_model, t5_ids[:1], clip_l_ids)
+        t5_ids, clip_l_ids = world_text.tokenize(clip, captions)
+        _, pooled = world_text.encode(clip.cond_stage_model, t5_ids[:1], clip_l_ids)
         return cls(captions, {c: i for i, c in enumerate(captions)}, t5_ids, pooled)
 
     def context(self, clip_model, texts: list[str]) -> torch.Tensor:
@@ -64,14 +64,11 @@ class TextTable:
         return self.context(clip_model, texts), self.pooled_for(texts)
 
 
-def velocity(flux, x_t, t, context, pooled, guidance):
-    """v (b, 16, h, w) from the plain Flux module; blocks run out of place so autograd works."""
-    from ..comfy_flux import block_replacements
-    to = {"patches_replace": {"dit": block_replacements(flux)}}
-    return flux(x_t, t, context, y=pooled, guidance=guidance, transformer_options=to)
+# `velocity` below is (x_t, t, context, pooled, guidance) -> v (b, 16, h, w): the Flux module with its
+# blocks out of place (comfy/demo_world.py: trainable_velocity), so that autograd works.
 
 
-def flow_loss(flux, clip_model, table: TextTable, images, texts, gen: torch.Generator, p_pooled_true: float):
+def flow_loss(velocity, clip_model, table: TextTable, images, texts, gen: torch.Generator, p_pooled_true: float):
     """Rectified-flow loss for images (b, 3, 32, 32) in [0, 1] with captions `texts`."""
     b = images.shape[0]
     x0 = pixels_to_model_space(images * 2 - 1)                                     # (b, 16, 16, 16)
@@ -84,19 +81,19 @@ def flow_loss(flux, clip_model, table: TextTable, images, texts, gen: torch.Gene
     context = table.context(clip_model, texts)
     pooled = table.pooled_for(pooled_texts)
     guidance = 1 + 4 * torch.rand((b,), generator=gen)
-    v_pred = velocity(flux, x_t, t, context, pooled, guidance)
+    v_pred = velocity(x_t, t, context, pooled, guidance)
     return F.mse_loss(v_pred, noise - x0)
 
 
 @torch.no_grad()
-def sample(flux, context, pooled, gen: torch.Generator, steps: int = 16, guidance: float = 3.5) -> torch.Tensor:
+def sample(velocity, context, pooled, gen: torch.Generator, steps: int = 16, guidance: float = 3.5) -> torch.Tensor:
     """Euler from t=1 to 0 on ComfyUI's Flux grid (a uniform grid, time_shift-warped): images (b, 3, 32, 32) in [0, 1] for context (b, n, 64), pooled (b, 32)."""
     b = context.shape[0]
     x = torch.randn((b, 16, 16, 16), generator=gen)
     ts = time_shift(torch.linspace(1, 0, steps + 1))
     g = torch.full((b,), guidance)
     for t_now, t_next in zip(ts[:-1], ts[1:]):
-        v = velocity(flux, x, torch.full((b,), float(t_now)), context, pooled, g)
+        v = velocity(x, torch.full((b,), float(t_now)), context, pooled, g)
         x = x + (t_next - t_now) * v
     return ((model_space_to_pixels(x) + 1) / 2).clamp(0, 1)
 
@@ -113,17 +110,17 @@ def prompt_grid(per_pair: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def prompt_accuracy(flux, clip_model, table, judge, seed: int, per_pair: int = 4, steps: int = 16):
+def prompt_accuracy(velocity, clip_model, table, judge, seed: int, per_pair: int = 4, steps: int = 16):
     """(shape accuracy, colour accuracy) of the judge on samples of every "a {colour} {shape}" prompt."""
     texts, s_idx, c_idx = prompt_grid(per_pair)
     context, pooled = table.encode(clip_model, texts)
-    images = sample(flux, context, pooled, torch.Generator().manual_seed(seed), steps)
+    images = sample(velocity, context, pooled, torch.Generator().manual_seed(seed), steps)
     s_pred, c_pred = judge.predict(images)
     return (s_pred == s_idx).float().mean().item(), (c_pred == c_idx).float().mean().item()
 
 
 @torch.no_grad()
-def swap_test(flux, clip_model, table, judge, target: str, seed: int, n: int = 64, steps: int = 16,
+def swap_test(velocity, clip_model, table, judge, target: str, seed: int, n: int = 64, steps: int = 16,
               neutral: str = "a shape") -> dict[str, float]:
     """Share of samples the judge calls `target` (a shape, or a colour) when the concept reaches the model by
     one path only: tokens of "a {shape}" (or "a {colour} shape") with the pooled vector of `neutral`, and the
@@ -137,6 +134,6 @@ def swap_test(flux, clip_model, table, judge, target: str, seed: int, n: int = 6
     out = {}
     for name, ctx, pool in (("both", ctx_c, pool_c), ("tokens_only", ctx_c, pool_n),
                             ("pooled_only", ctx_n, pool_c), ("neither", ctx_n, pool_n)):
-        images = sample(flux, ctx, pool, torch.Generator().manual_seed(seed), steps)
+        images = sample(velocity, ctx, pool, torch.Generator().manual_seed(seed), steps)
         out[name] = (judge.predict(images)[kind] == index).float().mean().item()
     return out

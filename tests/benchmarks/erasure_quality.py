@@ -37,8 +37,10 @@ comfy_host.import_comfy()  # before anything imports comfy
 
 import comfy.model_management  # noqa: E402
 
+from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
+from eraseanything_core.comfy import flux  # noqa: E402
+from eraseanything_core.comfy.text import ClipText  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
-from eraseanything_core.demo_world import model as world_model  # noqa: E402
 from eraseanything_core.demo_world import scoring, training  # noqa: E402
 from tests.benchmarks import results  # noqa: E402
 
@@ -86,19 +88,20 @@ def run_target(target: str, world, judge, inspect_runtime) -> tuple[dict, dict]:
     cfg_base = scoring.erasure_config(target)
     groups = scoring.prompt_groups(target, cfg_base.anchor, SAMPLES_PER_GROUP)
     rows, miou = {}, {"base": attention_miou(inspect_runtime, patcher, clip, vae, target)}
-    base_scores, _ = scoring.score_groups(patcher, clip, judge, target, groups, seed=SEED)
+    base_scores, _ = scoring.score_groups(world_model.sampler(patcher, clip), judge, target, groups, seed=SEED)
     for method, changes in METHODS.items():
         seconds, meta = 0.0, {}
         if changes is None:
             scores = base_scores
         else:
             start = time.perf_counter()
-            erased, result, _ = scoring.erase(patcher, clip, cfg_base.replace(**changes))
+            erasure = flux.train(patcher, ClipText(clip), cfg_base.replace(**changes))
+            erased, result = erasure.model, erasure.result
             seconds = time.perf_counter() - start
             meta = {"forward_equivalents": result.cost["forward_equivalents"], "concepts": {
                 "anchor": result.concepts.anchor, "synonyms": list(result.concepts.synonyms),
                 "irrelevant": list(result.concepts.irrelevant)}, "pathway": result.pathway}
-            scores, _ = scoring.score_groups(erased, clip, judge, target, groups, seed=SEED)
+            scores, _ = scoring.score_groups(world_model.sampler(erased, clip), judge, target, groups, seed=SEED)
             if method == "default":
                 miou["default"] = attention_miou(inspect_runtime, erased, clip, vae, target)
             del erased
@@ -124,8 +127,8 @@ def swap_tests(world, judge) -> dict:
     patcher, clip, _ = world
     comfy.model_management.load_models_gpu([patcher])
     table = training.TextTable.build(clip)
-    flux = patcher.model.diffusion_model
-    return {target: training.swap_test(flux, clip.cond_stage_model, table, judge, target, seed=SEED)
+    dm = patcher.model.diffusion_model
+    return {target: training.swap_test(world_model.trainable_velocity(dm), clip.cond_stage_model, table, judge, target, seed=SEED)
             for target in ("circle", "square", "triangle", "red", "blue")}
 
 
@@ -135,8 +138,8 @@ def _pct(x):
 
 def markdown(quality: dict, miou: dict, swap: dict, judge_acc: dict) -> str:
     lines = [f"Demo world (models/demo_world: a tiny FLUX.1 built from ComfyUI's Flux classes, trained on 32x32 "
-             f"shapes). Pictures: {scoring.SAMPLE_STEPS} Euler steps through ComfyUI's model, guidance "
-             f"{scoring.GUIDANCE}, judged by the committed classifier (held-out accuracy: shape "
+             f"shapes). Pictures: {world_model.SAMPLE_STEPS} Euler steps through ComfyUI's model, guidance "
+             f"{world_model.GUIDANCE}, judged by the committed classifier (held-out accuracy: shape "
              f"{_pct(judge_acc['shape'])}, colour {_pct(judge_acc['colour'])}). At least {SAMPLES_PER_GROUP} "
              "pictures per prompt group, the same noise for every method; one erasure run per cell (seed 0).", ""]
     for target, rows in quality.items():

@@ -15,9 +15,9 @@ from tests import comfy_host
 
 comfy_host.import_comfy()  # before anything imports comfy
 
-from eraseanything_core.comfy_flux import ClipText, FluxRunner  # noqa: E402
+from eraseanything_core.comfy.flux import build_runner  # noqa: E402
+from eraseanything_core.comfy.text import ClipText  # noqa: E402
 from eraseanything_core.config import EraseConfig  # noqa: E402
-from eraseanything_core.lora import ErasureLoRA, flux_targets  # noqa: E402
 from eraseanything_core.trainer import released_schedule_cost, train_erasure  # noqa: E402
 from tests.benchmarks import results  # noqa: E402
 
@@ -25,14 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def measured_run(cfg: EraseConfig, clip) -> dict:
-    model = comfy_host.tiny_flux(seed=0)
-    p = model.model.diffusion_model.params
-    lora = ErasureLoRA(flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks), cfg.rank,
-                       generator=torch.Generator().manual_seed(cfg.seed))
-    runner = FluxRunner(model, lora)
+    runner = build_runner(comfy_host.tiny_flux(seed=0), cfg)
     start = time.perf_counter()
-    with torch.inference_mode(False), torch.enable_grad():
-        result = train_erasure(cfg, runner, ClipText(clip))
+    result = train_erasure(cfg, runner, ClipText(clip))
     return {**result.cost, "seconds_tiny_cpu": round(time.perf_counter() - start, 2)}
 
 

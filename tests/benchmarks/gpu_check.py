@@ -80,7 +80,7 @@ def load_random_flux(shape: dict, device, weight_dtype, seed: int = 0):
 def random_prompts(context_dim: int, vec_dim: int, n_txt: int, seed: int = 0):
     """Hand-made Prompts (no tokenizer): random T5 streams (1, n_txt, context_dim) and pooled (1, vec_dim),
     with concept-token positions as a real prompt would have them."""
-    from eraseanything_core.comfy_flux import TextCond
+    from eraseanything_core.runner import TextCond
     from eraseanything_core.trainer import Prompts
     gen = torch.Generator().manual_seed(seed)
 
@@ -95,20 +95,16 @@ def random_prompts(context_dim: int, vec_dim: int, n_txt: int, seed: int = 0):
                    irrelevant=[cond(w, [0]) for w in ("car", "tree", "mountain")])
 
 
-def make_trainer(patcher, cfg, prompts, checkpointing: bool, seed: int = 0):
+def make_trainer(patcher, cfg, prompts, checkpointing: bool):
     """ErasureTrainer on random concept latents (trajectory states by noising, no sampling), with random
     latents for the irrelevant concepts' flow matching when the config has it on."""
-    from eraseanything_core.comfy_flux import FluxRunner
+    from eraseanything_core.comfy.flux import build_runner
     from eraseanything_core.data import trajectories_from_latents
-    from eraseanything_core.lora import ErasureLoRA, flux_targets
     from eraseanything_core.trainer import ErasureTrainer
-    p = patcher.model.diffusion_model.params
-    lora = ErasureLoRA(flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks, p.vec_in_dim),
-                       cfg.rank, generator=torch.Generator().manual_seed(seed))
-    runner = FluxRunner(patcher, lora, gradient_checkpointing=checkpointing)
+    runner = build_runner(patcher, cfg.replace(gradient_checkpointing=checkpointing))
     runner.load()
     side = cfg.resolution // 8
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     x0 = torch.randn((cfg.num_images, runner.latent_channels, side, side), generator=gen).to(runner.dtype)
     trajectories = trajectories_from_latents(x0, runner.sigmas(cfg.sample_steps), gen)
     irrelevant_x0 = None

@@ -2,9 +2,9 @@
 
 import torch
 
-from eraseanything_core.comfy_flux import FluxRunner, TextCond
+from eraseanything_core.comfy.flux import build_runner
 from eraseanything_core.config import EraseConfig
-from eraseanything_core.lora import ErasureLoRA, flux_targets
+from eraseanything_core.runner import TextCond
 from eraseanything_core.trainer import ErasureTrainer, Prompts, prepare_data, sample_irrelevant
 from tests import comfy_host
 
@@ -24,17 +24,15 @@ def random_prompts(seed=0, dtype=torch.float32):
                    irrelevant=[random_cond(gen, w, [0], dtype=dtype) for w in ("car", "tree", "sky")])
 
 
-def make_trainer(model_patcher, cfg: EraseConfig, prompts: Prompts, lora_init_b=0.0, seed=0):
-    p = model_patcher.model.diffusion_model.params
-    targets = flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks, p.vec_in_dim)
-    dtype = model_patcher.model.get_dtype() if model_patcher.model.get_dtype() == torch.float64 else torch.float32
-    lora = ErasureLoRA(targets, cfg.rank, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+def make_trainer(model_patcher, cfg: EraseConfig, prompts: Prompts, lora_init_b=0.0):
+    """An ErasureTrainer on the model (its LoRA from cfg.seed); lora_init_b > 0 starts B random, so that
+    gradients reach A too."""
+    runner = build_runner(model_patcher, cfg)
     if lora_init_b:
-        gen = torch.Generator().manual_seed(seed + 100)
+        gen = torch.Generator().manual_seed(cfg.seed + 100)
         with torch.no_grad():
-            for b in lora.lora_B:
+            for b in runner.lora.lora_B:
                 b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64) * lora_init_b)
-    runner = FluxRunner(model_patcher, lora, cfg.gradient_checkpointing)
     runner.load()
     trajectories = prepare_data(cfg, runner, prompts)
     return ErasureTrainer(cfg, runner, prompts, trajectories, irrelevant_x0=sample_irrelevant(cfg, runner, prompts))

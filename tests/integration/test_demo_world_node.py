@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from eraseanything_core.demo_world import model as world_model
+from eraseanything_core.comfy import demo_world as world_model
 from eraseanything_core.demo_world import shapes, training
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_flow_loss_backpropagates_into_flux_and_t5():
     table = training.TextTable.build(clip)
     rng = np.random.default_rng(0)
     batch = shapes.sample(4, rng)
-    loss = training.flow_loss(flux, clip.cond_stage_model, table, batch.images, shapes.captions(batch, rng),
+    loss = training.flow_loss(world_model.trainable_velocity(flux), clip.cond_stage_model, table, batch.images, shapes.captions(batch, rng),
                               torch.Generator().manual_seed(0), p_pooled_true=0.1)
     loss.backward()
     assert torch.isfinite(loss) and flux.final_layer.linear.weight.grad.abs().sum() > 0

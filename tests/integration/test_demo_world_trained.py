@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eraseanything_core.demo_world import judge as judge_lib
-from eraseanything_core.demo_world import model as world_model
+from eraseanything_core.comfy import demo_world as world_model
 from eraseanything_core.demo_world import scoring, shapes, training
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_committed_weights_are_small_and_safetensors_only():
 def test_world_draws_the_prompted_colour(world, judge):
     patcher, clip, _ = world
     texts, _, colour_idx = training.prompt_grid(per_pair=3)
-    images = scoring.sample_images(patcher, clip, texts, seed=5)
+    images = world_model.sample_images(patcher, clip, texts, seed=5)
     _, colour_pred = judge.predict(images)
     colour_acc = (colour_pred == colour_idx).float().mean().item()
     assert colour_acc >= 0.9, colour_acc
@@ -47,7 +47,7 @@ def test_world_draws_the_prompted_shape(world, judge):
     is well above chance (25%). Measured at commit: triangle 98%, cross 85%, circle 73%, square 65% (48 each)."""
     patcher, clip, _ = world
     texts, shape_idx, _ = training.prompt_grid(per_pair=3)
-    images = scoring.sample_images(patcher, clip, texts, seed=5)
+    images = world_model.sample_images(patcher, clip, texts, seed=5)
     shape_pred, _ = judge.predict(images)
     hit = shape_pred == shape_idx
     triangle = shape_idx == shapes.SHAPES.index("triangle")
@@ -62,7 +62,7 @@ def test_the_concept_travels_through_the_tokens_not_the_pooled_vector(world, jud
     import comfy.model_management
     comfy.model_management.load_models_gpu([patcher])
     table = training.TextTable.build(clip)
-    swap = training.swap_test(patcher.model.diffusion_model, clip.cond_stage_model, table, judge, "red", seed=3, n=48)
+    swap = training.swap_test(world_model.trainable_velocity(patcher.model.diffusion_model), clip.cond_stage_model, table, judge, "red", seed=3, n=48)
     assert swap["both"] >= 0.8 and swap["tokens_only"] >= 0.8, swap
     assert swap["pooled_only"] <= swap["neither"] + 0.15 and swap["pooled_only"] <= 0.5, swap
 

@@ -4,12 +4,12 @@ frozen reference really is the stock model."""
 import pytest
 import torch
 
-from eraseanything_core.comfy_flux import ClipText, FluxRunner
+from eraseanything_core.comfy.flux import build_runner
+from eraseanything_core.comfy.text import ClipText
 from eraseanything_core.config import EraseConfig
-from eraseanything_core.evaluate import erasure_metrics
-from eraseanything_core.lora import ErasureLoRA, flux_targets
 from eraseanything_core.trainer import NonFiniteLossError, train_erasure
 from tests import comfy_host
+from tests.integration.erasure_metrics import erasure_metrics
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,7 @@ def _token_stream_flux(seed=0):
 
 def _runner(cfg, model_seed=0):
     model = _token_stream_flux(seed=model_seed)
-    p = model.model.diffusion_model.params
-    lora = ErasureLoRA(flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks), cfg.rank,
-                       generator=torch.Generator().manual_seed(cfg.seed))
-    return model, FluxRunner(model, lora)
+    return model, build_runner(model, cfg)
 
 
 def _erasure_metrics(runner, text, cfg, n_states=6):
@@ -103,9 +100,8 @@ def test_lora_switched_off_is_the_stock_model_bit_for_bit(token_clip):
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_lora(token_clip):
     cfg = _cfg(steps=6, lambda_fm=float("nan"))  # the first preserve step (step 2) is NaN
     model, runner = _runner(cfg)
-    with torch.inference_mode(False), torch.enable_grad():
-        with pytest.raises(NonFiniteLossError, match="step 2") as err:
-            train_erasure(cfg, runner, ClipText(token_clip))
+    with pytest.raises(NonFiniteLossError, match="step 2") as err:
+        train_erasure(cfg, runner, ClipText(token_clip))
     assert err.value.step == 2
     assert all(torch.isfinite(p).all() for p in runner.lora.parameters())
 
@@ -118,9 +114,7 @@ def test_pathway_swap_test_tells_token_stream_from_pooled_vector(token_clip, tin
 
     def shares(model, clip):
         cfg = _cfg()
-        p = model.model.diffusion_model.params
-        lora = ErasureLoRA(flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks), cfg.rank)
-        runner = FluxRunner(model, lora)
+        runner = build_runner(model, cfg)
         with torch.inference_mode(False):
             text = ClipText(clip)
             prompts = encode_prompts(cfg, resolve_concepts(cfg, text.embed_pooled), text)
@@ -137,8 +131,7 @@ def test_user_latents_replace_sampling(token_clip):
     cfg = _cfg(steps=2, num_images=3)
     model, runner = _runner(cfg)
     latents = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(4))
-    with torch.inference_mode(False), torch.enable_grad():
-        result = train_erasure(cfg, runner, ClipText(token_clip), concept_latents=latents)
+    result = train_erasure(cfg, runner, ClipText(token_clip), concept_latents=latents)
     # the concept is not sampled; only one picture per irrelevant concept (D_ir) is
     assert result.cost["data_forward_equivalents"] == len(cfg.irrelevant) * cfg.sample_steps
     assert len(result.history) == 2

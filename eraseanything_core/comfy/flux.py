@@ -1,19 +1,20 @@
-"""ComfyUI's Flux, adapted for training: the only module of the core that imports `comfy`.
+"""ComfyUI's Flux as a `Runner` (runner.py) for the trainer, and the one place a LoRA meets a MODEL.
 
-Three things happen here:
 - out-of-place double/single block forwards, installed through `patches_replace["dit"]`. Stock Flux
   blocks add residuals in place (`img += ...`): plain backward raises and checkpointed backward is
-  silently wrong (comfyui-notes section 1.9). Ours compute the same values without mutation;
+  silently wrong. Ours compute the same values without mutation (tests/integration/test_gradients.py);
 - attention capture on chosen double blocks: softmax probabilities of every query on the concept
   key columns, differentiable, chunked (see `attention.py`);
 - `FluxRunner`: a training clone of the ModelPatcher with the LoRA as weight wrappers (base weights stay
   as loaded, bf16 or fp8, no second copy), the velocity call, the model's sigma schedule, and a
-  count of the transformer passes a run spends.
+  count of the transformer passes a run spends;
+- `build_runner` (the LoRA for a MODEL and a config, with the dtype policy) and `train`, which runs
+  the whole erasure on a MODEL and returns it with the LoRA patched in as Apply does.
 """
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -21,14 +22,19 @@ from torch.utils.checkpoint import checkpoint
 
 import comfy.ldm.flux.model
 import comfy.model_management
-import comfy.samplers
 from comfy.ldm.flux.layers import apply_mod
 from comfy.ldm.flux.math import apply_rope
 from comfy.ldm.modules.attention import optimized_attention
 
-from .attention import key_column_probs
-from .concepts import concept_token_idx
-from .lora import ErasureLoRA
+import comfy.sd
+
+from ..attention import key_column_probs
+from ..config import EraseConfig
+from ..lora import ErasureLoRA, flux_targets
+from ..lora_file import peft_state_dict
+from ..runner import AttentionCapture, PassCounter, TextCond
+from ..trainer import Callbacks, TrainResult, train_erasure
+from . import sampling
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +43,6 @@ CAPTURE_KEY = "eraseanything_capture"
 
 class NotFluxError(TypeError):
     pass
-
-
-@dataclass
-class TextCond:
-    """One encoded prompt: the T5 stream, the pooled CLIP vector and the concept's token positions."""
-    text: str
-    context: torch.Tensor          # (1, n_txt, context_dim)
-    pooled: torch.Tensor           # (1, vec_dim)
-    token_idx: torch.Tensor        # (k,) positions of the concept tokens in the T5 stream
-
-
-@dataclass
-class AttentionCapture:
-    """Asks a forward for the attention probabilities of double blocks `blocks` on key columns.
-
-    key_idx holds one (k_b,) index tensor per batch element. After the forward, probs[block] holds
-    one (1, h, n, k_b) tensor per batch element. With stop_after set, the forward stops right after
-    that block (a truncated pass for references that only need attention).
-    """
-    blocks: tuple[int, ...]
-    key_idx: list[torch.Tensor]
-    stop_after: int | None = None
-    probs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
 
 class _StopForward(Exception):
@@ -75,8 +58,9 @@ def check_flux(model_patcher):
     p = dm.params
     if getattr(p, "global_modulation", False) or not getattr(dm.double_blocks[0], "modulation", True) \
             or getattr(dm.double_blocks[0], "flipped_img_txt", False):
-        raise NotFluxError("This is a Flux variant (Flux.2, Chroma, ...) whose blocks EraseAnything does not "
-                           "support yet; use FLUX.1-dev or FLUX.1-schnell.")
+        raise NotFluxError(f"EraseAnything needs a FLUX.1 model (dev or schnell); got a {type(dm).__name__} whose "
+                           "blocks are a Flux variant's (Flux.2, Chroma, ...), which EraseAnything does not "
+                           "support yet. Load FLUX.1-dev or FLUX.1-schnell.")
     return dm
 
 
@@ -180,18 +164,6 @@ def _make_trainable_copyable(module: torch.nn.Module):
                 sub.register_buffer(name, b.clone(), persistent=name not in sub._non_persistent_buffers_set)
 
 
-@dataclass
-class PassCounter:
-    """Transformer passes, in samples: a batch of 4 is 4 forwards; a pass that stops after block j of
-    J blocks counts (j + 1) / J. A backward is counted separately (2 forward-equivalents by convention)."""
-    forwards: float = 0.0
-    backwards: float = 0.0
-
-    @property
-    def forward_equivalents(self) -> float:
-        return self.forwards + 2.0 * self.backwards
-
-
 class FluxRunner:
     """A training view of a Flux ModelPatcher: LoRA wrappers, out-of-place blocks, velocity calls."""
 
@@ -216,8 +188,8 @@ class FluxRunner:
         return self.patcher.model.diffusion_model
 
     @property
-    def params(self):
-        return self.diffusion_model.params
+    def double_blocks(self) -> int:
+        return len(self.diffusion_model.double_blocks)
 
     @property
     def device(self):
@@ -242,7 +214,7 @@ class FluxRunner:
 
     def sigmas(self, steps: int) -> torch.Tensor:
         """The model's own schedule ("simple"), steps + 1 values from sigma_max down to 0."""
-        return comfy.samplers.calculate_sigmas(self.patcher.get_model_object("model_sampling"), "simple", steps).cpu()
+        return sampling.flux_sigmas(self.patcher, steps)
 
     def velocity(self, x_t, sigma: float, conds: list[TextCond], guidance: float, capture: AttentionCapture | None = None):
         """v = model(x_t, sigma, text) for a batch: x_t (b, c, h, w) in model space, one cond per sample.
@@ -277,38 +249,45 @@ class FluxRunner:
         self._grad_samples = 0
 
 
-def encode_prompt(clip, text: str, token_idx: torch.Tensor) -> TextCond:
-    """Encode with ComfyUI's CLIP object (T5 stream + pooled CLIP-L), as plain (non-inference) tensors."""
-    cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-    context, extras = cond[0][0], cond[0][1]
-    pooled = extras.get("pooled_output")
-    if pooled is None:
-        raise ValueError("the CLIP input gives no pooled output: connect Flux's DualCLIPLoader (t5xxl + clip_l).")
-    return TextCond(text=text, context=context.detach().clone().cpu(), pooled=pooled.detach().clone().cpu(),
-                    token_idx=token_idx.clone())
 
 
-class ClipText:
-    """The trainer's text side on a ComfyUI CLIP object: prompts with their concept-token positions."""
+def build_runner(model_patcher, cfg: EraseConfig) -> FluxRunner:
+    """The erasure LoRA for this MODEL and config, wrapped into a runner: the one place a LoRA is built.
 
-    def __init__(self, clip):
-        self.clip = clip
+    LoRA dtype: cfg.lora_dtype, except on a float64 model (the gradient checks), where it is float64 too.
+    The LoRA's initial A comes from cfg.seed, so a seed fixes the whole run."""
+    dm = check_flux(model_patcher)
+    p = dm.params
+    targets = flux_targets(cfg.targets, p.hidden_size, p.depth, p.depth_single_blocks, p.vec_in_dim)
+    if model_patcher.model.get_dtype() == torch.float64:
+        dtype = torch.float64
+    else:
+        dtype = torch.float32 if cfg.lora_dtype == "float32" else torch.bfloat16
+    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; the LoRA must be trainable
+        lora = ErasureLoRA(targets, cfg.rank, generator=torch.Generator().manual_seed(cfg.seed), dtype=dtype)
+    return FluxRunner(model_patcher, lora, cfg.gradient_checkpointing)
 
-    def encode(self, text: str, concept_word: str | None) -> TextCond:
-        idx = (concept_token_idx(self.clip.tokenizer, text, concept_word) if concept_word
-               else torch.zeros(0, dtype=torch.long))
-        return encode_prompt(self.clip, text, idx)
 
-    def embed_pooled(self, texts: list[str], batch: int = 64) -> torch.Tensor:
-        """(len(texts), vec_dim) pooled CLIP-L vectors, used to rank candidate concepts. Batched CLIP-L
-        only (ranking hundreds of words must not run T5-XXL hundreds of times)."""
-        clip_l = getattr(self.clip.cond_stage_model, "clip_l", None)
-        if clip_l is None:  # an unusual text-encoder object: slow but general
-            empty = torch.zeros(0, dtype=torch.long)
-            return torch.cat([encode_prompt(self.clip, t, empty).pooled for t in texts]).float()
-        self.clip.load_model()
-        out = []
-        for i in range(0, len(texts), batch):
-            tokens = [[tok for tok, *_ in self.clip.tokenizer.tokenize_with_weights(t)["l"][0]] for t in texts[i:i + batch]]
-            out.append(clip_l.encode(tokens)[1].detach().float().cpu())
-        return torch.cat(out)
+@dataclass
+class Erasure:
+    model: object          # the input ModelPatcher with the LoRA patched in at strength 1 (as Apply does)
+    state_dict: dict       # PEFT keys -> float32 tensors, what the file stores
+    result: TrainResult
+
+
+def train(model_patcher, text, cfg: EraseConfig, callbacks: Callbacks | None = None,
+          latents: torch.Tensor | None = None, runner: FluxRunner | None = None) -> Erasure:
+    """Train an erasure on a ComfyUI MODEL and patch it in with ComfyUI's LoRA loader.
+
+    text: a TextEncoder (ClipText for a CLIP object). latents: optional (n, c, h, w) concept latents in
+    the latent format of the MODEL's inputs (e.g. VAE Encode), converted to model space here.
+    runner: a runner from build_runner, when the caller needs its LoRA after a failure."""
+    runner = runner or build_runner(model_patcher, cfg)
+    concept_latents = None
+    if latents is not None:
+        with torch.inference_mode(False):
+            concept_latents = model_patcher.model.process_latent_in(latents.clone())
+    result = train_erasure(cfg, runner, text, callbacks, concept_latents)
+    state_dict = peft_state_dict(runner.lora, torch.float32)
+    erased, _ = comfy.sd.load_lora_for_models(model_patcher, None, state_dict, 1.0, 0)
+    return Erasure(erased, state_dict, result)

@@ -1,4 +1,4 @@
-"""The demo world's models, built from ComfyUI's own classes (every `comfy` import is inside a function).
+"""The demo world's models, built from ComfyUI's own classes, and sampling pictures from them.
 
 - Flux: `comfy.ldm.flux.model.Flux` at hidden 128, 4 heads of 32 (RoPE axes 8+12+12), 2 double + 2
   single blocks, guidance embedding on, T5 width 64, pooled width 32; 16-channel latents, patch 2, so a
@@ -10,17 +10,31 @@
 """
 
 import contextlib
+import types
 from pathlib import Path
 
 import torch
 
-from .vae import PixelUnshuffleVAE
+import comfy.model_detection
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.sd
+import comfy.supported_models_base
+import comfy.text_encoders.flux
+import comfy.utils
+from comfy.ldm.flux.model import Flux
+from comfy.text_encoders.t5 import T5LayerFF, T5LayerSelfAttention
+
+from ..demo_world.text import T5_TOKENS, encode, tokenize
+from ..demo_world.vae import PixelUnshuffleVAE, model_space_to_pixels
+from . import sampling
+from .flux import block_replacements
 
 FLUX = dict(hidden=128, heads=4, axes_dim=(8, 12, 12), depth=2, depth_single=2, context=64, vec=32)
 T5 = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers": 2}
 CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
           "projection_dim": 32}
-T5_TOKENS = 16
 FLUX_FILE, TEXT_FILE, JUDGE_FILE = "flux.safetensors", "text_encoders.safetensors", "judge.safetensors"
 
 
@@ -28,7 +42,7 @@ FLUX_FILE, TEXT_FILE, JUDGE_FILE = "flux.safetensors", "text_encoders.safetensor
 def tiny_flux_detection():
     """ComfyUI's Flux detection hard-codes 24 heads and RoPE axes [16, 56, 56] (head dim 128). For other
     widths, derive heads and axes from the weights (head dim = size of the q norm); the rest is stock."""
-    import comfy.model_detection as md
+    md = comfy.model_detection
     original = md.detect_unet_config
 
     def detect(state_dict, key_prefix, metadata=None):
@@ -47,11 +61,10 @@ def tiny_flux_detection():
         md.detect_unet_config = original
 
 
-def flux_module(device="cpu"):
-    """An uninitialised Flux module of the demo world's shape (weights on `device`; "meta" for keys)."""
-    import comfy.ops
-    from comfy.ldm.flux.model import Flux
-    f = FLUX
+def flux_module(device="cpu", **shape):
+    """An uninitialised Flux.1-dev module (guidance embedding on) of the demo world's shape, or of `shape`
+    (keys of FLUX), with weights on `device` ("meta" for keys and shapes only)."""
+    f = {**FLUX, **shape}
     return Flux(in_channels=16, out_channels=16, vec_in_dim=f["vec"], context_in_dim=f["context"],
                 hidden_size=f["hidden"], mlp_ratio=4.0, num_heads=f["heads"], depth=f["depth"],
                 depth_single_blocks=f["depth_single"], axes_dim=list(f["axes_dim"]), theta=10000, patch_size=2,
@@ -74,23 +87,22 @@ def init_flux_state_dict(seed: int) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_flux(state_dict: dict[str, torch.Tensor]):
-    """A ComfyUI ModelPatcher (model_base.Flux, guidance embedding on) from a demo-world state dict."""
-    import comfy.sd
-    with tiny_flux_detection():
-        patcher = comfy.sd.load_diffusion_model_state_dict(state_dict, model_options={"dtype": torch.float32})
+def load_flux(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = torch.float32):
+    """A ComfyUI ModelPatcher (model_base.Flux) from a Flux state dict, by ComfyUI's own loader (with the
+    detection fix for widths other than FLUX.1's 3072). dtype: the loader's weight dtype option."""
+    real_width = state_dict["img_in.weight"].shape[0] == 3072  # FLUX.1's width: the stock detection
+    with contextlib.nullcontext() if real_width else tiny_flux_detection():
+        patcher = comfy.sd.load_diffusion_model_state_dict(state_dict, model_options={"dtype": dtype} if dtype else {})
     if patcher is None:
-        raise RuntimeError("ComfyUI did not recognise the demo world's Flux state dict")
+        raise RuntimeError("ComfyUI did not recognise the Flux state dict")
     return patcher
 
 
 def make_clip(state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0):
     """A comfy.sd.CLIP: tiny T5 + CLIP-L behind ComfyUI's FluxTokenizer; T5 padded to T5_TOKENS tokens.
     Weights from `state_dict` (keys of `clip.cond_stage_model`), else seeded random ones (init_text)."""
-    import comfy.sd
-    import comfy.supported_models_base
-    import comfy.text_encoders.flux as tf
     options = {"clip_l_model_config": CLIP_L, "t5xxl_model_config": T5, "dtype": torch.float32}
+    tf = comfy.text_encoders.flux
     target = comfy.supported_models_base.ClipTarget(tf.FluxTokenizer, tf.flux_clip())
     clip = comfy.sd.CLIP(target=target, tokenizer_data={"t5xxl_min_length": T5_TOKENS}, model_options=options)
     with torch.no_grad():
@@ -115,29 +127,6 @@ def init_text(model: torch.nn.Module, seed: int):
             p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
 
 
-def tokenize(clip, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids with ComfyUI's FluxTokenizer: T5 (each T5_TOKENS long) and CLIP-L (each 77 long)."""
-    t5, clip_l = [], []
-    for text in texts:
-        tokens = clip.tokenize(text)
-        t5.append([t for t, _ in tokens["t5xxl"][0]])
-        clip_l.append([t for t, _ in tokens["l"][0]])
-        if len(t5[-1]) != T5_TOKENS:
-            raise ValueError(f"caption {text!r} is {len(t5[-1])} T5 tokens; the demo world allows {T5_TOKENS}")
-    return t5, clip_l
-
-
-def encode(clip_model, t5_ids: list[list[int]], clip_l_ids: list[list[int]]):
-    """Batched text encoding: context (b, 16, 64) from T5 (differentiable), pooled (b, 32) from CLIP-L
-    (no gradient: ComfyUI's CLIP adds residuals in place, and the world keeps CLIP-L at its seeded
-    random weights, see training.py). Same values as CLIPTextEncode (tests check it); `clip_model` is
-    `clip.cond_stage_model`."""
-    context, _ = clip_model.t5xxl(t5_ids)
-    with torch.no_grad():
-        _, pooled = clip_model.clip_l(clip_l_ids)
-    return context, pooled
-
-
 def _t5_ff_forward(self, x):
     return x + self.DenseReluDense(self.layer_norm(x))
 
@@ -151,8 +140,6 @@ def _t5_attention_forward(self, x, mask=None, past_bias=None, optimized_attentio
 def make_t5_trainable(clip_model):
     """ComfyUI's T5 layers add residuals in place (`x += ...`), which autograd refuses. Give these
     instances (only) out-of-place forwards with the same values, and make the T5 weights trainable."""
-    import types
-    from comfy.text_encoders.t5 import T5LayerFF, T5LayerSelfAttention
     for module in clip_model.t5xxl.modules():
         if isinstance(module, T5LayerFF):
             module.forward = types.MethodType(_t5_ff_forward, module)
@@ -167,9 +154,6 @@ def make_vae():
     Built through ComfyUI's pixel-space VAE branch (the state-dict key `pixel_space_vae`), then given
     our first stage, ratio 2 and 16 latent channels; encode/decode, tiling and memory estimates are stock.
     """
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.sd
     vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
     vae.first_stage_model = PixelUnshuffleVAE().eval().to(vae.vae_dtype)
     vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
@@ -187,7 +171,6 @@ def untrained_world(seed: int = 0):
 
 def load_world(directory: Path):
     """(MODEL, CLIP, VAE) from the trained files in `directory` (flux.safetensors, text_encoders.safetensors)."""
-    import comfy.utils
     directory = Path(directory)
     missing = [name for name in (FLUX_FILE, TEXT_FILE) if not (directory / name).is_file()]
     if missing:
@@ -197,3 +180,43 @@ def load_world(directory: Path):
     flux_sd = {k: v.float() for k, v in comfy.utils.load_torch_file(str(directory / FLUX_FILE), safe_load=True).items()}
     text_sd = {k: v.float() for k, v in comfy.utils.load_torch_file(str(directory / TEXT_FILE), safe_load=True).items()}
     return load_flux(flux_sd), make_clip(text_sd), make_vae()
+
+
+GUIDANCE = 3.5  # FluxGuidance's default
+SAMPLE_STEPS = 16
+
+
+@torch.no_grad()
+def sample_images(patcher, clip, texts: list[str], seed: int, steps: int = SAMPLE_STEPS,
+                  guidance: float = GUIDANCE, batch: int = 128) -> torch.Tensor:
+    """Pictures (n, 3, 32, 32) in [0, 1], one per text, from ComfyUI's model with its patches (LoRAs)
+    applied, as KSampler draws them with euler / simple / cfg 1 and FluxGuidance. Seeded: the noise of
+    picture i depends only on (seed, i)."""
+    sampling.load(patcher)
+    device = patcher.load_device
+    sigmas = sampling.flux_sigmas(patcher, steps).to(device)
+    noise = torch.randn((len(texts), 16, 16, 16), generator=torch.Generator().manual_seed(seed))
+    pictures = []
+    for start in range(0, len(texts), batch):
+        chunk = texts[start:start + batch]
+        context, pooled = encode(clip.cond_stage_model, *tokenize(clip, chunk))
+        x = sampling.euler(patcher, noise[start:start + batch].to(device), sigmas, context.to(device),
+                           pooled.to(device), guidance)
+        # x is the model-space latent (what the transformer sees): pixels in [-1, 1] (vae.py)
+        pictures.append(((model_space_to_pixels(x.float().cpu()) + 1) / 2).clamp(0, 1))
+    return torch.cat(pictures)
+
+
+def trainable_velocity(flux):
+    """v = flux(x_t, t, context, pooled, guidance) on the bare Flux module, blocks out of place so that
+    autograd works: the demo world's training forward (demo_world/training.py)."""
+    to = {"patches_replace": {"dit": block_replacements(flux)}}
+
+    def velocity(x_t, t, context, pooled, guidance):
+        return flux(x_t, t, context, y=pooled, guidance=guidance, transformer_options=to)
+    return velocity
+
+
+def sampler(patcher, clip):
+    """sample(texts, seed) -> pictures, for demo_world/scoring.py's score_groups."""
+    return lambda texts, seed: sample_images(patcher, clip, texts, seed=seed)

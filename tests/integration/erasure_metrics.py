@@ -1,4 +1,4 @@
-"""Did it erase? Two measurements on fixed noisy states, before and after training.
+"""Test helper. Did it erase? Two measurements on fixed noisy states, before and after training.
 
 - ESD gap: Eq. 2's loss with frozen references, i.e. how far the model's concept velocity still is
   from the anchor-pushed target.
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import losses
-from .comfy_flux import AttentionCapture, FluxRunner, TextCond
+from eraseanything_core import losses
+from eraseanything_core.comfy.flux import FluxRunner
+from eraseanything_core.runner import AttentionCapture, TextCond, block_index, token_grid
 
 
 @dataclass
@@ -24,7 +25,7 @@ class ErasureMetrics:
 def erasure_metrics(runner: FluxRunner, concept: TextCond, anchor: TextCond, states: list[tuple[torch.Tensor, float]],
                     guidance: float = 3.0, eta: float = 1.0, block: int = -1) -> ErasureMetrics:
     """states: (x_t (1, c, h, w), sigma) pairs in model space."""
-    block = block % len(runner.diffusion_model.double_blocks)
+    block = block_index(block, runner.double_blocks)
     n_txt = concept.context.shape[1]
     esd, mass, maps = [], [], []
     with torch.no_grad():
@@ -37,5 +38,5 @@ def erasure_metrics(runner: FluxRunner, concept: TextCond, anchor: TextCond, sta
             esd.append(losses.esd_loss(v_lora.float(), v_anchor.float(), v_concept.float(), eta).item())
             on_concept = capture.probs[block][0][0, :, n_txt:, :].sum(-1).mean(0)  # (n_img,)
             mass.append(on_concept.mean().item())
-            maps.append(on_concept.reshape(x_t.shape[-2] // 2, x_t.shape[-1] // 2).cpu())
+            maps.append(on_concept.reshape(token_grid(x_t.shape[-2:])).cpu())
     return ErasureMetrics(sum(esd) / len(esd), sum(mass) / len(mass), maps)

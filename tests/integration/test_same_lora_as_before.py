@@ -1,0 +1,41 @@
+"""The host-boundary refactor changed where code lives, not what it computes: the same seed and inputs
+give a LoRA bit-identical to the one main produced before it (commit 859a4bd).
+
+tests/fixtures/lora_main_859a4bd.safetensors holds the LoRAs that commit trained here for each case
+below (keys "<case>/<PEFT key>"), on the seed-0 tiny Flux and tiny CLIP of tests/comfy_host.py, through
+what Train Erasure LoRA called then (its LoRA builder, FluxRunner, train_erasure, peft_state_dict)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eraseanything_core.comfy.flux import build_runner
+from eraseanything_core.comfy.text import ClipText
+from eraseanything_core.config import EraseConfig
+from eraseanything_core.lora_file import peft_state_dict
+from eraseanything_core.trainer import train_erasure
+from tests import comfy_host
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lora_main_859a4bd.safetensors"
+BASE = dict(concept="nude", prompt="a nude girl with beautiful hair", steps=12, rank=4, seed=5,
+            resolution=32, num_images=2, sample_steps=6, prompt_variants=3, learning_rate=1e-2,
+            synonyms=("naked",), irrelevant=("car", "tree", "mountain"))
+CASES = {
+    "default": {},  # the preserve step's D_ir flow matching on, Eq. 5 off
+    "rsc_k2": dict(lambda_rsc=0.1, erase_steps_per_preserve=2, lambda_preserve_irrelevant=0.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_seed_gives_the_lora_main_gave_before_the_refactor(case, tiny_clip):
+    cfg = EraseConfig(**{**BASE, **CASES[case]})
+    runner = build_runner(comfy_host.tiny_flux(seed=0), cfg)
+    train_erasure(cfg, runner, ClipText(tiny_clip))
+    ours = peft_state_dict(runner.lora, torch.float32)
+    before = {k.split("/", 1)[1]: v for k, v in load_file(FIXTURE).items() if k.startswith(f"{case}/")}
+    assert sorted(ours) == sorted(before)
+    changed = [k for k in ours if not torch.equal(ours[k], before[k])]
+    assert not changed, f"{len(changed)} of {len(ours)} tensors differ, e.g. {changed[:2]}"
+    assert any(v.abs().sum() > 0 for k, v in ours.items() if "lora_B" in k), "the run must have trained"
