@@ -33,6 +33,7 @@ SYNONYM_MIN_ZSCORE = 3.0  # ...and stand out of the vocabulary by this many stan
 MID_QUANTILE = 0.5        # similarity quantile of the last ("mid") irrelevant concept
 PICK_WINDOW = 3           # each irrelevant pick is drawn among this many neighbours of its rank
 IRRELEVANT_POOL = 128     # vocabulary words ranked for the irrelevant picks (a seeded sample; bounds encoder calls)
+MAX_CONCEPT_TOKENS = 32   # T5 tokens of a concept: a word or a name, not a description (Eq. 3 sums over them)
 
 _FUNCTION_WORDS = frozenset("a an the of by in on at to for from with like featuring as into onto".split())
 _CONJUNCTIONS = frozenset("and or but nor &".split())
@@ -249,10 +250,10 @@ def _auto_synonyms(concept: str, similarity: _Similarity) -> tuple[str, ...]:
     if picked:
         return picked
     variants = surface_variants(concept)
-    best = order[0]
-    logger.warning("No built-in synonyms for %r and no vocabulary word is close enough (closest: %r, "
-                   "cosine %.2f); using %s. Type synonyms for a stronger erasure (comma-separated).",
-                   concept, candidates[best], sims[best].item(), list(variants))
+    logger.warning("No synonyms found for %r (the built-in table has none, and no vocabulary word is clearly "
+                   "close), so only its spelling variants %s are erased with it. To erase other words for it "
+                   "too, type them into the synonyms input, one per line or comma-separated, e.g. "
+                   "'crimson, scarlet' for 'red'.", concept, list(variants))
     return variants
 
 
@@ -400,11 +401,17 @@ def concept_token_idx(tokenizer, prompt: str, concept: str) -> torch.LongTensor:
     Returns:
         (k,) int64, sorted and unique.
     Raises:
-        ValueError: the concept is empty, not in the prompt, or has no T5 tokens there.
+        ValueError: the concept is empty, longer than MAX_CONCEPT_TOKENS, not in the prompt, or has no T5
+            tokens there.
     """
     concept = " ".join((concept or "").split())
     if not concept:
         raise ValueError("concept is empty: type the word or phrase to erase, e.g. 'Van Gogh'.")
+    n_tokens = len(_ids(tokenizer, concept))
+    if n_tokens > MAX_CONCEPT_TOKENS:
+        raise ValueError(f"concept is {n_tokens} T5 tokens long; a concept can be at most {MAX_CONCEPT_TOKENS} "
+                         "(a word, a name or a short phrase such as 'Van Gogh'). Put a longer description into "
+                         "the prompt and type only what to erase as the concept.")
     spans = _concept_spans(prompt, concept, substrings=True)
     if not spans:
         raise ValueError(f"prompt: the concept {concept!r} does not appear in {prompt!r}. Write it into "

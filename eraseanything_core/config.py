@@ -1,78 +1,102 @@
-"""One frozen config for an erasure run. Defaults are the released code's (docs/method.md), except two
-loss weights of the preserve step: Eq. 5 is off (`lambda_rsc` 0; the released code's 0.1, with its
-padding-column bug fixed, stopped the erasure of two of the demo world's three targets) and the irrelevant concepts are
-kept by flow matching on their own samples (the paper's D_ir; `lambda_preserve_irrelevant` 1). Both
-are measured in tests/benchmarks/RESULTS.md and explained in docs/method.md."""
+"""One frozen config for an erasure run: the single home of every default, range and help text.
 
-from dataclasses import asdict, dataclass, field, fields
+The node inputs are built from the field metadata (nodes/schema.py): `help` becomes the tooltip,
+`min` / `max` / `step` the widget's range, `choices` a combo. `__post_init__` enforces the same ranges,
+so a workflow JSON, an API call or a script gets the same refusal as the UI.
+
+Defaults are the released code's (docs/method.md), except two loss weights of the preserve step:
+Eq. 5 is off (`lambda_rsc` 0; the released code's 0.1, with its padding-column bug fixed, stopped the
+erasure of two of the demo world's three targets) and the irrelevant concepts are kept by flow matching
+on their own samples (the paper's D_ir; `lambda_preserve_irrelevant` 1). Both are measured in
+tests/benchmarks/RESULTS.md and explained in docs/method.md.
+"""
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 TARGET_GROUPS = ("txt_qk", "txt_v", "img_qkv", "single_qk", "all_attn", "vector_in")
 REFERENCE_MODES = ("frozen", "lora")
 ESD_SAMPLING_MODES = ("cached", "resample")
 LORA_DTYPES = ("float32", "bfloat16")
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+def _f(default, help: str, **limits):
+    """A field with its help text and limits: min / max (inclusive), gt (exclusive lower bound), step
+    (the widget's increment), choices (allowed values)."""
+    return field(default=default, metadata={"help": help, **limits})
 
 
 @dataclass(frozen=True)
 class EraseConfig:
-    concept: str = field(metadata={"help": "The word or phrase to erase, e.g. 'nude' or 'Van Gogh'."})
-    prompt: str = field(default="", metadata={"help": "Prompt that draws the concept; empty = the concept itself."})
-    anchor: str | None = field(default=None, metadata={"help": "ESD anchor prompt c_0; None = prompt minus the concept words."})
-    synonyms: tuple[str, ...] = field(default=(), metadata={"help": "Other words for the concept; empty = automatic."})
-    irrelevant: tuple[str, ...] = field(default=(), metadata={"help": "K unrelated concepts for Eq. 5; empty = automatic."})
-    num_irrelevant: int = field(default=3, metadata={"help": "K, the number of irrelevant concepts.", "min": 1, "max": 8})
+    concept: str = field(metadata={"help": "The word or phrase to erase, e.g. 'nude', 'Van Gogh', 'parachute'."})
+    prompt: str = _f("", "A prompt that draws the concept. Empty: the concept itself.")
+    anchor: str | None = _f(None, "What the concept should turn into (ESD anchor). Empty: the prompt without the concept words.")
+    synonyms: tuple[str, ...] = _f((), "Other words for the concept, one per line or comma-separated. Empty: automatic.")
+    irrelevant: tuple[str, ...] = _f((), "Unrelated concepts to keep intact, one per line or comma-separated. "
+                                         "Empty: automatic (3 at graded distance).")
+    num_irrelevant: int = _f(3, "K, the number of irrelevant concepts chosen automatically.", min=1, max=8)
 
-    steps: int = field(default=200, metadata={"help": "Optimizer steps (erase + preserve).", "min": 1, "max": 10000})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (constant).", "min": 0.0})
-    weight_decay: float = 1e-5
-    rank: int = field(default=8, metadata={"help": "LoRA rank; alpha = rank.", "min": 1, "max": 128})
-    seed: int = 0
-    erase_steps_per_preserve: int = field(default=1, metadata={"help": "k erase steps, then one preserve step.", "min": 1})
+    steps: int = _f(200, "Optimizer steps, alternating erase and preserve (paper: 200).", min=1, max=10000)
+    learning_rate: float = _f(1e-3, "AdamW learning rate, constant (paper: 1e-3). Must be above 0.",
+                              gt=0.0, max=1.0, step=0.0001)
+    weight_decay: float = _f(1e-5, "AdamW weight decay (released code: 1e-5).", min=0.0, max=1.0)
+    rank: int = _f(8, "LoRA rank (alpha = rank). Paper: 8.", min=1, max=128)
+    seed: int = _f(0, "Same seed, same inputs: the same LoRA.", min=0, max=SEED_MAX)
+    erase_steps_per_preserve: int = _f(1, "k erase steps before each preserve step (paper: 1).", min=1, max=16)
 
-    resolution: int = field(default=512, metadata={"help": "Side of the concept images in pixels.", "min": 16})
-    num_images: int = field(default=8, metadata={"help": "Concept images sampled once from the frozen model.", "min": 1})
-    sample_steps: int = field(default=28, metadata={"help": "Euler steps of the concept trajectories.", "min": 2})
-    esd_sampling: str = field(default="cached", metadata={"help": "'cached': x_t is a lookup in the frozen trajectories; 'resample': sample till t with the current model every erase step (original ESD, slow)."})
+    resolution: int = _f(512, "Side in pixels of the concept images the model draws for training.",
+                         min=16, max=2048, step=16)
+    num_images: int = _f(8, "Concept images sampled once from the frozen model.", min=1, max=64)
+    sample_steps: int = _f(28, "Euler steps of the concept trajectories.", min=2, max=200)
+    esd_sampling: str = _f("cached", "cached: sample concept trajectories once (fast). resample: sample till t "
+                                     "with the current model every erase step (original ESD, ~10x slower).",
+                           choices=ESD_SAMPLING_MODES)
 
-    guidance_esd: float = 3.0    # guidance embedding of the sampler and ESD passes (released code: 3)
-    guidance_train: float = 3.5  # guidance embedding of teacher-forced passes (released code: 3.5)
-    eta: float = field(default=1.0, metadata={"help": "ESD negative guidance, Eq. 2."})
-    lambda_esd: float = 1.0      # Eq. 2 weight
-    lambda_attn: float = 1e-3    # Eq. 3 weight
-    lambda_fm: float = 0.1       # Eq. 4 weight
-    lambda_rsc: float = 0.0      # Eq. 5 weight (released code: 0.1; off by default, see the module docstring)
-    lambda_preserve_irrelevant: float = 1.0  # flow matching on one frozen sample per irrelevant concept (D_ir)
-    tau: float = 0.07            # Eq. 5 temperature
-    attn_blocks: tuple[int, ...] = field(default=(-1,), metadata={"help": "Double blocks read by Eq. 3/5; negative counts from the end."})
+    guidance_esd: float = _f(3.0, "Guidance embedding of the sampler and ESD passes (released code: 3).", min=0.0, max=100.0)
+    guidance_train: float = _f(3.5, "Guidance embedding of teacher-forced passes (released code: 3.5).", min=0.0, max=100.0)
+    eta: float = _f(1.0, "ESD negative guidance (Eq. 2): how far past the anchor the concept is pushed.",
+                    min=0.0, max=10.0, step=0.1)
+    lambda_esd: float = _f(1.0, "Weight of the ESD negative-guidance loss (Eq. 2).", min=0.0, max=100.0, step=0.01)
+    lambda_attn: float = _f(1e-3, "Weight of the attention-attenuation loss on the concept tokens (Eq. 3).",
+                            min=0.0, max=10.0, step=0.0001)
+    lambda_fm: float = _f(0.1, "Weight of the flow-matching preservation loss on the concept images (Eq. 4).",
+                          min=0.0, max=10.0, step=0.01)
+    lambda_rsc: float = _f(0.0, "Weight of the reverse self-contrastive loss (Eq. 5). The released code's 0.1 "
+                                "stopped the erasure of two of three targets in our measurements "
+                                "(docs/method.md), so it is off by default.", min=0.0, max=10.0, step=0.01)
+    lambda_preserve_irrelevant: float = _f(1.0, "Weight of flow matching on one frozen sample per irrelevant "
+                                                "concept (the paper's D_ir): keeps the other concepts. "
+                                                "0 = off (the released code).", min=0.0, max=10.0, step=0.01)
+    tau: float = _f(0.07, "Eq. 5 temperature.", gt=0.0, max=10.0)
+    attn_blocks: tuple[int, ...] = _f((-1,), "Double blocks read by Eq. 3/5; negative counts from the end.")
 
-    targets: tuple[str, ...] = field(default=("txt_qk",), metadata={"help": f"LoRA target groups: {', '.join(TARGET_GROUPS)}."})
-    reference: str = field(default="frozen", metadata={"help": "ESD references from the 'frozen' model (ESD, paper) or the current 'lora' model (released code)."})
-    lora_dtype: str = field(default="float32", metadata={"help": "Trainable LoRA weights: float32 (with autocast) or bfloat16 (released code)."})
-    gradient_checkpointing: bool = False
+    targets: tuple[str, ...] = _f(("txt_qk",), "Which projections get the LoRA. txt_qk is the paper's (text-side "
+                                               "q/k of the double blocks).", choices=TARGET_GROUPS)
+    reference: str = _f("frozen", "ESD references from the frozen model (paper, ESD) or from the current LoRA "
+                                  "model (released code).", choices=REFERENCE_MODES)
+    lora_dtype: str = _f("float32", "Trainable LoRA weights. bfloat16 matches the released code; float32 is "
+                                    "more precise.", choices=LORA_DTYPES)
+    gradient_checkpointing: bool = _f(False, "Recompute each block in the backward pass: less VRAM, ~30% slower.")
 
-    shuffle_p: float = 0.9       # word shuffle probability (released code)
-    synonym_swap_p: float = 0.5  # synonym replacement probability (released code)
-    prompt_variants: int = field(default=16, metadata={"help": "Augmented concept prompts encoded up front.", "min": 1})
+    shuffle_p: float = _f(0.9, "Word shuffle probability of the prompt augmentation (released code).", min=0.0, max=1.0)
+    synonym_swap_p: float = _f(0.5, "Synonym replacement probability of the prompt augmentation (released code).",
+                               min=0.0, max=1.0)
+    prompt_variants: int = _f(16, "Augmented concept prompts encoded up front.", min=1, max=256)
 
     def __post_init__(self):
-        if not self.concept or not self.concept.strip():
+        concept = (self.concept or "").strip()
+        if not concept:
             raise ValueError("concept is empty: type the word or phrase to erase, e.g. 'Van Gogh'.")
-        for name in ("steps", "rank", "num_images", "sample_steps", "num_irrelevant", "prompt_variants",
-                     "erase_steps_per_preserve"):
-            if getattr(self, name) < (2 if name == "sample_steps" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not any(ch.isalnum() for ch in concept):
+            raise ValueError(f"concept {concept!r} has no letters or digits: type the word or phrase to erase, "
+                             "e.g. 'fire' rather than an emoji.")
+        for f in fields(self):
+            _check_limits(f.name, getattr(self, f.name), f.metadata)
         if self.resolution % 16:
             raise ValueError(f"resolution must be a multiple of 16 (VAE x8, patch x2), got {self.resolution}.")
-        unknown = [t for t in self.targets if t not in TARGET_GROUPS]
-        if unknown or not self.targets:
-            raise ValueError(f"unknown LoRA target group(s) {unknown or '(none)'}; choose from {TARGET_GROUPS}.")
-        for name, allowed in (("reference", REFERENCE_MODES), ("esd_sampling", ESD_SAMPLING_MODES),
-                              ("lora_dtype", LORA_DTYPES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
-        if not 0 <= self.shuffle_p <= 1 or not 0 <= self.synonym_swap_p <= 1:
-            raise ValueError("shuffle_p and synonym_swap_p are probabilities in [0, 1].")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be positive, got {self.tau}.")
+        if not self.targets:
+            raise ValueError(f"targets is empty; choose from {TARGET_GROUPS}.")
         if not self.attn_blocks:
             raise ValueError("attn_blocks is empty: name at least one double block, e.g. (-1,) for the last.")
 
@@ -85,3 +109,28 @@ class EraseConfig:
 
     def replace(self, **changes) -> "EraseConfig":
         return EraseConfig(**{**asdict(self), **changes})
+
+
+def _check_limits(name: str, value, limits: dict):
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if "choices" in limits and v not in limits["choices"]:
+            raise ValueError(f"{name}: {v!r} is not one of {limits['choices']}.")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v}.")
+        if "gt" in limits and not v > limits["gt"]:
+            raise ValueError(f"{name} must be above {limits['gt']}, got {v}.")
+        if "min" in limits and v < limits["min"]:
+            raise ValueError(f"{name} must be at least {limits['min']}, got {v}.")
+        if "max" in limits and v > limits["max"]:
+            raise ValueError(f"{name} must be at most {limits['max']}, got {v}.")
+
+
+def help_of(name: str) -> dict:
+    """The metadata of one field (help, limits, choices) and its default: what a node input is built from."""
+    for f in fields(EraseConfig):
+        if f.name == name:
+            return {**f.metadata, "default": "" if f.default is MISSING else f.default}
+    raise KeyError(name)

@@ -46,27 +46,29 @@ class StepReport:
 @dataclass
 class Callbacks:
     on_step: Callable[[StepReport], None] | None = None
-    on_data: Callable[[str, int, int], None] | None = None         # (label, done, total) while sampling data
+    on_data: Callable[[str, int, int], None] | None = None         # (label, done, total) of data generation
     check_interrupt: Callable[[], None] | None = None              # raises to stop; called every step
     preview_every: int = 10                                        # in erase steps
 
-    def data_progress(self, label: str, total: int):
-        """A velocity wrapper for data generation: counts its calls toward `total`, reports them through
-        on_data and honours interrupts."""
-        done = 0
 
-        def wrap(velocity):
-            def counted(x, sigma):
-                nonlocal done
-                if self.check_interrupt is not None:
-                    self.check_interrupt()
-                v = velocity(x, sigma)
-                done += 1
-                if self.on_data is not None:
-                    self.on_data(label, done, total)
-                return v
-            return counted
-        return wrap
+
+class DataProgress:
+    """Counts the frozen model's sampling passes of data generation (concept trajectories, then the
+    irrelevant concepts' samples) toward one total, for `Callbacks.on_data`, and honours interrupts."""
+
+    def __init__(self, callbacks: "Callbacks | None", total: int):
+        self.callbacks, self.total, self.done = callbacks or Callbacks(), total, 0
+
+    def counted(self, label: str, velocity):
+        def step(x, sigma):
+            if self.callbacks.check_interrupt is not None:
+                self.callbacks.check_interrupt()
+            v = velocity(x, sigma)
+            self.done += 1
+            if self.callbacks.on_data is not None:
+                self.callbacks.on_data(label, self.done, self.total)
+            return v
+        return step
 
 
 @dataclass
@@ -266,8 +268,18 @@ class ErasureTrainer:
         return self.history
 
 
+CONCEPT_SAMPLE_BATCH = 4  # concept trajectories sampled per batch
+
+
+def data_passes(cfg: EraseConfig, n_irrelevant: int, user_latents: bool) -> int:
+    """Sampling calls of data generation (each a batch): what DataProgress counts to."""
+    concept = 0 if user_latents else -(-cfg.num_images // CONCEPT_SAMPLE_BATCH) * cfg.sample_steps
+    irrelevant = cfg.sample_steps if cfg.lambda_preserve_irrelevant > 0 and n_irrelevant else 0
+    return concept + irrelevant
+
+
 def prepare_data(cfg: EraseConfig, runner: Runner, prompts: Prompts,
-                 concept_latents: torch.Tensor | None = None, callbacks: Callbacks | None = None) -> Trajectories:
+                 concept_latents: torch.Tensor | None = None, progress: DataProgress | None = None) -> Trajectories:
     """The concept latents D_un with their trajectories, sampled once by the frozen model, or built by
     noising latents the user supplied (model space, (n, c, h, w))."""
     if concept_latents is not None:
@@ -277,12 +289,12 @@ def prepare_data(cfg: EraseConfig, runner: Runner, prompts: Prompts,
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((cfg.num_images, runner.latent_channels, side, side), generator=gen)
     sigmas = runner.sigmas(cfg.sample_steps)
-    batch = 4
-    progress = (callbacks or Callbacks()).data_progress(
-        f"sampling {cfg.num_images} concept images", -(-cfg.num_images // batch) * cfg.sample_steps)
+    progress = progress or DataProgress(None, 0)
+    velocity = progress.counted(f"sampling {cfg.num_images} concept images",
+                                lambda x, s: runner.velocity(x, s, [prompts.concept] * x.shape[0], cfg.guidance_esd))
     with torch.no_grad(), runner.lora.disabled():
-        return sample_trajectories(progress(lambda x, s: runner.velocity(x, s, [prompts.concept] * x.shape[0], cfg.guidance_esd)),
-                                   noise.to(runner.device), sigmas, batch_size=batch, store_dtype=runner.dtype)
+        return sample_trajectories(velocity, noise.to(runner.device), sigmas, batch_size=CONCEPT_SAMPLE_BATCH,
+                                   store_dtype=runner.dtype)
 
 
 def pathway_swap_test(runner: Runner, prompts: Prompts, trajectories: Trajectories, guidance: float,
@@ -320,7 +332,7 @@ def pathway_swap_test(runner: Runner, prompts: Prompts, trajectories: Trajectori
 
 
 def sample_irrelevant(cfg: EraseConfig, runner: Runner, prompts: Prompts,
-                      callbacks: Callbacks | None = None) -> torch.Tensor | None:
+                      progress: DataProgress | None = None) -> torch.Tensor | None:
     """One frozen sample per irrelevant concept, for the irrelevant-concept flow matching (D_ir)."""
     if cfg.lambda_preserve_irrelevant <= 0 or not prompts.irrelevant:
         return None
@@ -328,11 +340,11 @@ def sample_irrelevant(cfg: EraseConfig, runner: Runner, prompts: Prompts,
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     noise = torch.randn((len(prompts.irrelevant), runner.latent_channels, side, side), generator=gen)
     sigmas = runner.sigmas(cfg.sample_steps)
-    progress = (callbacks or Callbacks()).data_progress(
-        f"sampling {len(prompts.irrelevant)} irrelevant-concept images", cfg.sample_steps)
+    progress = progress or DataProgress(None, 0)
+    velocity = progress.counted(f"sampling {len(prompts.irrelevant)} irrelevant-concept images",
+                                lambda x, s: runner.velocity(x, s, prompts.irrelevant, cfg.guidance_esd))
     with torch.no_grad(), runner.lora.disabled():
-        return euler_sample(progress(lambda x, s: runner.velocity(x, s, prompts.irrelevant, cfg.guidance_esd)),
-                            noise.to(runner.device), sigmas).to("cpu", runner.dtype)
+        return euler_sample(velocity, noise.to(runner.device), sigmas).to("cpu", runner.dtype)
 
 
 def train_erasure(cfg: EraseConfig, runner: Runner, text: TextEncoder, callbacks: Callbacks | None = None,
@@ -351,8 +363,9 @@ def _train_erasure(cfg, runner, text, callbacks, concept_latents) -> TrainResult
              list(concepts.synonyms), list(concepts.irrelevant))
     prompts = encode_prompts(cfg, concepts, text)
     runner.load()
-    trajectories = prepare_data(cfg, runner, prompts, concept_latents, callbacks)
-    irrelevant_x0 = sample_irrelevant(cfg, runner, prompts, callbacks)
+    progress = DataProgress(callbacks, data_passes(cfg, len(prompts.irrelevant), concept_latents is not None))
+    trajectories = prepare_data(cfg, runner, prompts, concept_latents, progress)
+    irrelevant_x0 = sample_irrelevant(cfg, runner, prompts, progress)
     data_cost = runner.counter.forward_equivalents
     pathway = pathway_swap_test(runner, prompts, trajectories, cfg.guidance_esd)
     log.info("concept pathway: %s", pathway)

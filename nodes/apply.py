@@ -28,6 +28,15 @@ class ApplyErasureLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, strength=None):
+        from . import apply_runtime
+        try:
+            apply_runtime.check_strength(strength)
+        except ValueError as err:
+            return str(err)
+        return True
+
+    @classmethod
     def execute(cls, model, lora_name, strength, lora=None) -> io.NodeOutput:
         from . import apply_runtime
         patched, info = apply_runtime.apply(model, lora_name, strength, lora)

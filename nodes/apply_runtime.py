@@ -1,6 +1,7 @@
 """What Apply Erasure LoRA does: load (file or in-graph), check that it fits the model, patch it in."""
 
 import logging
+import math
 
 import comfy.lora
 import comfy.sd
@@ -62,7 +63,21 @@ def load(lora_name: str, lora_input) -> tuple[dict, dict]:
     return state_dict, metadata
 
 
+STRENGTH_MIN, STRENGTH_MAX = -10.0, 10.0
+
+
+def check_strength(strength):
+    """None (a linked input, checked when the node runs) or a finite number in the widget's range."""
+    if strength is None:
+        return
+    if not math.isfinite(strength):
+        raise ValueError(f"strength must be a finite number, got {strength}: 1 erases as trained, 0 does nothing.")
+    if not STRENGTH_MIN <= strength <= STRENGTH_MAX:
+        raise ValueError(f"strength must be between {STRENGTH_MIN} and {STRENGTH_MAX}, got {strength}.")
+
+
 def apply(model, lora_name: str, strength: float, lora_input=None):
+    check_strength(strength)
     state_dict, metadata = load(lora_name, lora_input)
     check_fits(model, state_dict)
     patched, _ = comfy.sd.load_lora_for_models(model, None, state_dict, strength, 0)

@@ -18,7 +18,7 @@ class AttentionMapInspect(io.ComfyNode):
                 io.Model.Input("model", tooltip="A Flux model, e.g. before or after an erasure."),
                 io.Clip.Input("clip", tooltip="The Flux text encoders used with this model."),
                 io.String.Input("prompt", default="", multiline=True, tooltip="The prompt whose words are inspected."),
-                io.String.Input("words", default="", tooltip="Comma-separated words to inspect. Empty: every word of the prompt."),
+                io.String.Input("words", default="", tooltip="Comma-separated words of the prompt to inspect, e.g. the concept a Train node erases (it must appear in the prompt). Empty: every word of the prompt."),
                 io.Latent.Input("latent", optional=True, tooltip="A latent to inspect, e.g. a KSampler result. Or connect image + vae."),
                 io.Image.Input("image", optional=True, tooltip="An image to inspect (needs vae)."),
                 io.Vae.Input("vae", optional=True, tooltip="Encodes image when no latent is given."),
@@ -36,6 +36,19 @@ class AttentionMapInspect(io.ComfyNode):
             ],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, prompt=None, words=None, sigmas=None):
+        """At queue time, before any node of the graph runs (a Train node upstream would otherwise train
+        first). Linked inputs are None here and are checked when the node runs."""
+        from . import inspect_runtime
+        if prompt is None:
+            return True
+        try:
+            inspect_runtime.check_text_inputs(prompt, words, sigmas)
+        except ValueError as err:
+            return str(err)
+        return True
 
     @classmethod
     def execute(cls, model, clip, prompt, words, sigmas, blocks, head_reduction, mode, shared_scale, seed,

@@ -47,16 +47,28 @@ class Inspection:
     report: str
 
 
+def check_text_inputs(prompt: str, words: str, sigmas: str | None = None):
+    """The checks that need no model: a prompt, typed words that are in it, noise levels that parse.
+    Run at queue time (the node's validate_inputs) and again when the node runs."""
+    if not (prompt or "").strip():
+        raise ValueError("prompt is empty: type the prompt whose words you want to inspect.")
+    if (words or "").strip():
+        for word in split_words(words, prompt):
+            if " ".join(word.lower().split()) not in " ".join(prompt.lower().split()):
+                raise ValueError(f"words: {word!r} is not in the prompt {prompt!r}. Type words that appear in the "
+                                 "prompt (comma-separated), or leave words empty to inspect every word.")
+    if sigmas is not None:
+        parse_sigmas(sigmas)
+
+
 def _locate_words(tokenizer, prompt: str, words: str) -> tuple[tuple[str, ...], list[torch.Tensor]]:
     """The words to show and each one's T5 token positions. Typed words must be in the prompt; with
     words empty, every prompt word whose tokens can be found (weight syntax such as ':1.2' is skipped)."""
+    check_text_inputs(prompt, words)
     picked = split_words(words, prompt)
     typed = bool((words or "").strip())
     found_words, found_idx = [], []
     for word in picked:
-        if typed and " ".join(word.lower().split()) not in " ".join(prompt.lower().split()):
-            raise ValueError(f"words: {word!r} is not in the prompt {prompt!r}. Type words that appear in the "
-                             "prompt (comma-separated), or leave words empty to inspect every word.")
         try:
             idx = concept_token_idx(tokenizer, prompt, word)
         except ValueError as e:
@@ -175,8 +187,7 @@ def inspect(model, clip, prompt: str, words: str, *, latent=None, image=None, va
             node_id=None) -> Inspection:
     """Run the inspection; arguments are the node's inputs (see nodes/inspect.py for their meaning)."""
     dm = check_flux(model)
-    if not (prompt or "").strip():
-        raise ValueError("prompt is empty: type the prompt whose words you want to inspect.")
+    check_text_inputs(prompt, words)
     sigma_list, block_list = parse_sigmas(sigmas), parse_blocks(blocks, len(dm.double_blocks))
     shown, word_idx = _locate_words(clip.tokenizer, prompt, words)
     others = _competitors(clip.tokenizer, prompt, shown, word_idx) if mode == "output_space" else ()

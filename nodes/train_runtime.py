@@ -44,19 +44,23 @@ def _send(event: str, data: dict):
 
 
 def _callbacks(cfg: EraseConfig, node_id) -> Callbacks:
+    """One progress bar over data generation then training (data passes first, then steps), so it moves
+    from the first second and never goes back; the chart's header names the data phase."""
     pbar = comfy.utils.ProgressBar(cfg.steps, node_id=node_id)
+    data_total = 0
 
     def on_data(label: str, done: int, total: int):
-        # Data preparation has its own count on the same bar; the chart's header names the phase.
+        nonlocal data_total
+        data_total = total
         _send(EVENT_PHASE, {"node": node_id, "label": label, "done": done, "total": total})
-        pbar.update_absolute(done, total)
+        pbar.update_absolute(done, total + cfg.steps)
 
     def on_step(report: StepReport):
         _send(EVENT_LOSS, {"node": node_id, "step": report.step, "total": report.total,
                            "phase": report.phase, "values": report.values})
         # The attention preview rides on the progress update: ComfyUI shows it under the node.
         preview = None if report.preview is None else ("JPEG", visual.heatmap(report.preview), 256)
-        pbar.update_absolute(report.step, report.total, preview)
+        pbar.update_absolute(data_total + report.step, data_total + report.total, preview)
 
     erase_steps = cfg.steps * cfg.erase_steps_per_preserve // (cfg.erase_steps_per_preserve + 1)
     return Callbacks(on_step=on_step, on_data=on_data,
@@ -72,9 +76,14 @@ def _metadata(cfg: EraseConfig, result, model) -> dict:
             "base_model": lora_file.model_fingerprint(model.model.diffusion_model.state_dict().items())}
 
 
+def check_lora_name(lora_name: str):
+    """Refuse a file name that could leave models/loras (ValueError naming what to type)."""
+    lora_file.safe_lora_path(folder_paths.get_folder_paths("loras")[0], lora_name)
+
+
 def train_in_node(model, clip, cfg: EraseConfig, lora_name: str, node_id=None, latents=None) -> NodeResult:
     folder = folder_paths.get_folder_paths("loras")[0]
-    lora_file.safe_lora_path(folder, lora_name)  # refuse a bad name before hours of training
+    check_lora_name(lora_name)  # refuse a bad name before hours of training
     runner = flux.build_runner(model, cfg)  # refuses a model that is not a FLUX.1
     try:
         erasure = flux.train(model, ClipText(clip), cfg, _callbacks(cfg, node_id), latents, runner=runner)

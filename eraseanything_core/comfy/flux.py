@@ -50,17 +50,19 @@ class _StopForward(Exception):
 
 
 def check_flux(model_patcher):
-    dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
+    """The Flux module of a FLUX.1 MODEL, or NotFluxError naming what was connected instead."""
+    base = getattr(model_patcher, "model", None)
+    dm = getattr(base, "diffusion_model", None)
+    what = type(base).__name__ if base is not None else type(model_patcher).__name__
+    if dm is not None and type(dm) is not comfy.ldm.flux.model.Flux:
+        what += f" ({type(dm).__name__})"
+    fix = "Load FLUX.1-dev or FLUX.1-schnell with 'Load Diffusion Model' or 'Load Checkpoint'."
     if type(dm) is not comfy.ldm.flux.model.Flux:
-        name = type(dm).__name__ if dm is not None else type(model_patcher).__name__
-        raise NotFluxError(f"EraseAnything needs a FLUX.1 model (dev or schnell); got {name}. "
-                           "Load FLUX.1 with 'Load Diffusion Model' or 'Load Checkpoint'.")
-    p = dm.params
-    if getattr(p, "global_modulation", False) or not getattr(dm.double_blocks[0], "modulation", True) \
+        raise NotFluxError(f"EraseAnything needs a FLUX.1 model (dev or schnell); got {what}. {fix}")
+    if getattr(dm.params, "global_modulation", False) or not getattr(dm.double_blocks[0], "modulation", True) \
             or getattr(dm.double_blocks[0], "flipped_img_txt", False):
-        raise NotFluxError(f"EraseAnything needs a FLUX.1 model (dev or schnell); got a {type(dm).__name__} whose "
-                           "blocks are a Flux variant's (Flux.2, Chroma, ...), which EraseAnything does not "
-                           "support yet. Load FLUX.1-dev or FLUX.1-schnell.")
+        raise NotFluxError(f"EraseAnything needs a FLUX.1 model (dev or schnell); got {what}, a Flux variant "
+                           f"(Flux.2, Chroma, ...) whose blocks EraseAnything does not support yet. {fix}")
     return dm
 
 

@@ -89,13 +89,23 @@ def test_same_inputs_reuse_the_cached_result_and_a_new_seed_retrains(executor):
 
 
 def test_bad_inputs_fail_with_clear_messages_and_write_nothing(executor):
+    """Widget values are refused when the prompt is queued (validate_prompt), before any node runs;
+    what needs the model (the concept's place in the prompt) when the node runs, before training."""
+    import execution
     run, base = executor
     before = set((base / "loras").iterdir())
-    for changes, needle in (({"lora_name": "../escape"}, "file name"), ({"concept": "  "}, "concept is empty"),
-                            ({"concept": "zebra"}, "zebra")):
+    for changes, needle in (({"lora_name": "../escape"}, "file name '../escape' contains '/'"),
+                            ({"concept": "  "}, "concept is empty"),
+                            ({"learning_rate": float("nan")}, "learning_rate must be a finite number, got nan."),
+                            ({"learning_rate": 0.0}, "learning_rate must be above 0.0, got 0.0.")):
         prompt = _train_prompt()
         prompt["2"]["inputs"].update(changes)
-        messages, _ = run(prompt)
-        errors = [d for e, d in messages if e == "execution_error"]
-        assert errors and needle in errors[0]["exception_message"], (changes, errors)
+        valid = asyncio.run(execution.validate_prompt("bad", prompt, None))
+        details = [e["details"] for e in valid[3].get("2", {}).get("errors", [])]
+        assert not valid[0] and details and all(needle in d for d in details), (changes, valid[3])
+    prompt = _train_prompt()
+    prompt["2"]["inputs"]["concept"] = "zebra"
+    messages, _ = run(prompt)
+    errors = [d for e, d in messages if e == "execution_error"]
+    assert errors and "the concept 'zebra' does not appear in" in errors[0]["exception_message"], errors
     assert set((base / "loras").iterdir()) == before

@@ -49,7 +49,7 @@ def test_wrapper_adds_delta_to_its_row_slice_only_and_switches_off():
 def test_config_rejects_bad_input_with_actionable_messages():
     with pytest.raises(ValueError, match="concept is empty"):
         EraseConfig(concept="  ")
-    with pytest.raises(ValueError, match="unknown LoRA target"):
+    with pytest.raises(ValueError, match="targets: .nope. is not one of"):
         EraseConfig(concept="cat", targets=("nope",))
     with pytest.raises(ValueError, match="resolution"):
         EraseConfig(concept="cat", resolution=500)

@@ -57,12 +57,14 @@ export function drawLossChart(ctx, rect, data) {
   ctx.textAlign = "left";
   ctx.fillStyle = "#aaa";
   if (!points.length) {
-    ctx.fillText("Loss chart: waiting for training to start", rect.x + 8, rect.y + 8);
+    const text = data.label ? `Preparing data: ${data.label}` : data.note ?? "Loss chart: waiting for training to start";
+    ctx.fillText(text, rect.x + 8, rect.y + 8, rect.w - 16);
     ctx.restore();
     return null;
   }
   const last = points[points.length - 1];
-  ctx.fillText(`step ${last.step} / ${total}  (${last.phase})`, rect.x + 8, rect.y + 6);
+  const header = `step ${last.step} / ${total}  (${last.phase})` + (data.note ? `  ${data.note}` : "");
+  ctx.fillText(header, rect.x + 8, rect.y + 6, rect.w - 16);
   const terms = termsOf(points);
   const legendRows = Math.ceil(terms.length / 3);
   const plot = { x: rect.x + 8, y: rect.y + 22, w: rect.w - 16, h: rect.h - 30 - legendRows * 14 };

@@ -1,0 +1,110 @@
+"""Algorithm 1 through the Runner port (eraseanything_core/runner.py), with no ComfyUI: a fake runner of
+a few lines stands in for Flux, so the trainer's contract with a host is what is tested here."""
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from eraseanything_core.config import EraseConfig
+from eraseanything_core.runner import PassCounter, TextCond
+from eraseanything_core.trainer import Callbacks, train_erasure
+
+C, D = 4, 8  # latent channels, text width
+
+
+class FakeLoRA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(C))
+        self.enabled = True
+
+    @contextmanager
+    def disabled(self):
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = True
+
+
+class FakeRunner:
+    """v = (1 - sigma) x + proj(text) + LoRA shift; attention logits of every query on the concept columns
+    move with the LoRA, so Eq. 3 and Eq. 5 have gradients."""
+    double_blocks, latent_channels, device, dtype = 1, C, torch.device("cpu"), torch.float32
+
+    def __init__(self):
+        self.lora, self.counter, self.grad_samples = FakeLoRA(), PassCounter(), 0
+        self.proj = torch.randn(D, C, generator=torch.Generator().manual_seed(0))
+
+    def load(self):
+        pass
+
+    def sigmas(self, steps):
+        return torch.linspace(1, 0, steps + 1)
+
+    def velocity(self, x_t, sigma, conds, guidance, capture=None):
+        shift = self.lora.shift if self.lora.enabled else torch.zeros(C)
+        text = torch.cat([c.context.mean(1) for c in conds]) @ self.proj  # (b, C)
+        n_img = -(-x_t.shape[2] // 2) * -(-x_t.shape[3] // 2)
+        if capture is not None:
+            for block in capture.blocks:
+                capture.probs[block] = [torch.sigmoid(shift.sum() + torch.arange(c.context.shape[1] + n_img,
+                                        dtype=torch.float32))[None, None, :, None].expand(1, 2, -1, len(idx)) / 10
+                                        for c, idx in zip(conds, capture.key_idx)]
+            if capture.stop_after is not None:
+                self.counter.forwards += x_t.shape[0]
+                return None
+        self.counter.forwards += x_t.shape[0]
+        self.grad_samples += x_t.shape[0] if torch.is_grad_enabled() else 0
+        return (1 - sigma) * x_t + (text + shift)[:, :, None, None]
+
+    def count_backward(self):
+        self.counter.backwards, self.grad_samples = self.counter.backwards + self.grad_samples, 0
+
+
+class FakeText:
+    def encode(self, text, concept_word):
+        words = text.split()
+        gen = torch.Generator().manual_seed(sum(map(ord, text)))
+        idx = [i for i, w in enumerate(words) if concept_word and w in concept_word.split()]
+        return TextCond(text, torch.randn(1, 6, D, generator=gen), torch.randn(1, 3, generator=gen), torch.tensor(idx))
+
+    def embed_pooled(self, texts):
+        return torch.stack([torch.randn(5, generator=torch.Generator().manual_seed(sum(map(ord, t)))) for t in texts])
+
+
+def _cfg(**changes):
+    return EraseConfig(**{**dict(concept="cat", prompt="a cat on a mat", anchor="a dog on a mat", synonyms=("kitten",),
+                                 irrelevant=("car", "tree", "sky"), steps=6, resolution=32, num_images=2,
+                                 sample_steps=3, prompt_variants=2, learning_rate=0.05), **changes})
+
+
+def test_erase_and_preserve_steps_run_through_the_port_and_train_the_lora():
+    runner, data_events = FakeRunner(), []
+    cfg = _cfg(lambda_rsc=0.1)
+    result = train_erasure(cfg, runner, FakeText(), Callbacks(on_data=lambda *e: data_events.append(e)))
+    assert [h["phase"] for h in result.history] == ["erase", "preserve"] * 3
+    assert {"esd", "attn"} <= set(result.history[0]) and {"fm", "fm_irrelevant", "rsc"} <= set(result.history[1])
+    assert runner.lora.shift.abs().sum() > 0, "the optimizer must have moved the LoRA"
+    assert result.cost["backwards"] > 0 and result.cost["forward_equivalents"] > result.cost["data_forward_equivalents"]
+    # data generation: 1 batch of concept trajectories x 3 steps + the irrelevant samples' 3 steps, counted in order
+    assert [e[1:] for e in data_events] == [(i, 6) for i in range(1, 7)]
+
+
+def test_same_seed_same_lora_through_the_port():
+    a, b = FakeRunner(), FakeRunner()
+    train_erasure(_cfg(), a, FakeText())
+    train_erasure(_cfg(), b, FakeText())
+    assert torch.equal(a.lora.shift, b.lora.shift)
+    c = FakeRunner()
+    train_erasure(_cfg(seed=1), c, FakeText())
+    assert not torch.equal(a.lora.shift, c.lora.shift)
+
+
+def test_previews_come_on_the_first_and_every_nth_erase_step():
+    seen = []
+    cb = Callbacks(on_step=lambda r: seen.append(r.step) if r.preview is not None else None, preview_every=2)
+    train_erasure(_cfg(steps=12), FakeRunner(), FakeText(), cb)
+    # erase steps are 1, 3, 5, 7, 9, 11 (one erase per preserve): previews on erase steps #1, #2, #4, #6
+    assert seen == [1, 3, 7, 11]
