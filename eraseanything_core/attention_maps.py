@@ -1,6 +1,6 @@
 """Text-to-image attention maps of Flux's double blocks, read through ComfyUI's attention override.
 
-`AttentionMapCapture` is a `transformer_options["optimized_attention_override"]`. ComfyUI calls it as
+`InspectAttentionOverride` is a `transformer_options["optimized_attention_override"]`. ComfyUI calls it as
 `override(func, q, k, v, heads, **kwargs)` for every attention of the model; Flux passes q, k, v as
 (b, h, n, d) after RMS-norm and RoPE (skip_reshape=True), the joint sequence being [txt | img]. The
 capture returns `func(q, k, v, heads, **kwargs)` untouched, so sampling with it is bit-identical, and
@@ -9,7 +9,7 @@ on the side, for the selected double blocks and sigmas, it records per word:
 * mode "attention" (raw, as EraseAnything's Eq. 3 reads attention): softmax(q k^T / sqrt(d)) over
   ALL n keys, kept only at image-query rows x the word's token columns, summed over the word's tokens,
   heads reduced by mean or max: (b, n_img, w). Per image query the columns of all words sum to <= 1.
-* mode "output_space" (ConceptAttention, arXiv 2502.04320, landscape.md B.1), simplified to the hooks
+* mode "output_space" (ConceptAttention, arXiv 2502.04320), simplified to the hooks
   that exist: ConceptAttention pushes extra concept tokens through the text stream of each block and
   scores image pixels by the dot product of the concept tokens' attention *outputs* (softmax-weighted
   values, before the output projection) with the image tokens' attention outputs, then takes a
@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
+
+from .runner import block_index
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +92,8 @@ def parse_blocks(text: str, depth: int) -> tuple[int, ...]:
         match = _RANGE.match(item)
         if match is None:
             raise ValueError(f"blocks: {item!r} is not an index or a range; type e.g. '-1', '10-18' or '0, 5'.")
-        lo, hi = (int(g) for g in (match.group(1), match.group(2) or match.group(1)))
-        lo, hi = (i + depth if i < 0 else i for i in (lo, hi))
-        for i in (lo, hi):
-            if not 0 <= i < depth:
-                raise ValueError(f"blocks: {item!r} is out of range; this model has {depth} double blocks "
-                                 f"(0..{depth - 1}, or -{depth}..-1 from the end).")
+        lo, hi = (block_index(int(g), depth, f"blocks: {item!r} names block")
+                  for g in (match.group(1), match.group(2) or match.group(1)))
         if lo > hi:
             raise ValueError(f"blocks: the range {item!r} runs backwards; write it low-high.")
         out.update(range(lo, hi + 1))
@@ -190,7 +188,7 @@ class CaptureResult:
 
 
 @dataclass
-class AttentionMapCapture:
+class InspectAttentionOverride:
     """An `optimized_attention_override` that records text-to-image maps per word (module docstring).
 
     word_idx: one (k_j,) long tensor of T5 positions per word (several tokens: their columns are summed);

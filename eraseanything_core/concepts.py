@@ -2,7 +2,7 @@
 
 The released code took synonyms from NLTK WordNet (downloaded at import), irrelevant concepts from two
 GPT-4o calls (API key, no fallback) and T5 positions from a helper that loaded FLUX.1-schnell at
-import (method-reference-code.md §2.3, §4). Here all of it is offline and deterministic: synonyms come
+import (docs/method.md). Here all of it is offline and deterministic: synonyms come
 from a built-in table (`vocabulary.SYNONYM_GROUPS`), else clearly close vocabulary words by pooled-text
 cosine, else surface variants plus a warning; irrelevant concepts (Eq. 5) are vocabulary words at graded
 similarity; `concept_token_idx` gives the key columns of Flux's joint attention (text first) read by
@@ -10,7 +10,7 @@ Eq. 3 and Eq. 5; `augment_prompt` is the released shuffle and synonym swap, fixe
 found again after the swap.
 
 The tokenizer is duck-typed: anything with ComfyUI's `tokenize_with_weights(text, return_word_ids=True)`
-returning {"t5xxl": [[(token, weight, word_id), ...], ...]} works. No `comfy` import here (S1).
+returning {"t5xxl": [[(token, weight, word_id), ...], ...]} works. No host import here.
 """
 
 import logging
@@ -463,7 +463,7 @@ def augment_prompt(prompt: str, concept: str, synonyms: Sequence[str], rng: rand
 
     Deviations from the released code, both so that the concept's tokens can be found:
       * token positions are computed after the swap by the caller (the released code kept the
-        pre-swap positions, stale for multi-token synonyms: method-reference-code.md §7.1 item 5);
+        pre-swap positions, stale for multi-token synonyms: docs/method.md);
       * a multi-word concept ("Van Gogh") moves as one unit in the shuffle, so it stays contiguous
         (the released `str.split` shuffle broke it apart, and then the swap silently did nothing).
     The same rng state gives the same prompt; pass one `random.Random(cfg.seed)` per run.

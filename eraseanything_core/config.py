@@ -23,7 +23,8 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 def _f(default, help: str, **limits):
     """A field with its help text and limits: min / max (inclusive), gt (exclusive lower bound), step
-    (the widget's increment), choices (allowed values)."""
+    (the widget's increment), choices (allowed values; of each item for a tuple), node_choices (what a
+    combo offers when it differs: '+' joins the items of a tuple)."""
     return field(default=default, metadata={"help": help, **limits})
 
 
@@ -72,7 +73,9 @@ class EraseConfig:
     attn_blocks: tuple[int, ...] = _f((-1,), "Double blocks read by Eq. 3/5; negative counts from the end.")
 
     targets: tuple[str, ...] = _f(("txt_qk",), "Which projections get the LoRA. txt_qk is the paper's (text-side "
-                                               "q/k of the double blocks).", choices=TARGET_GROUPS)
+                                               "q/k of the double blocks); txt_qk+vector_in also erases what the "
+                                               "pooled CLIP vector carries.", choices=TARGET_GROUPS,
+                                  node_choices=TARGET_GROUPS + ("txt_qk+vector_in",))
     reference: str = _f("frozen", "ESD references from the frozen model (paper, ESD) or from the current LoRA "
                                   "model (released code).", choices=REFERENCE_MODES)
     lora_dtype: str = _f("float32", "Trainable LoRA weights. bfloat16 matches the released code; float32 is "

@@ -22,36 +22,47 @@ class LoRATarget:
     in_features: int
 
 
-def flux_targets(groups, hidden: int, depth: int, depth_single: int, vec_in_dim: int | None = None,
-                 mlp_hidden: int | None = None) -> list[LoRATarget]:
-    """The LoRA targets of the named groups (config.TARGET_GROUPS) on a Flux of the given shape."""
-    H = hidden
-    mlp_hidden = mlp_hidden or 4 * H
+# group -> (block kind, stream, ((PEFT projection, index of its row block in the fused weight), ...)) rows.
+# Row block j of a fused qkv is rows [j*H, (j+1)*H); the vector-in linears are one block each.
+_QKV = (("to_q", 0), ("to_k", 1), ("to_v", 2))
+TARGET_TABLE = {
+    "txt_qk": (("double", "txt", (("add_q_proj", 0), ("add_k_proj", 1))),),
+    "txt_v": (("double", "txt", (("add_v_proj", 2),)),),
+    "img_qkv": (("double", "img", _QKV),),
+    "single_qk": (("single", None, _QKV[:2]),),
+    "all_attn": (("double", "txt", (("add_q_proj", 0), ("add_k_proj", 1), ("add_v_proj", 2))),
+                 ("double", "img", _QKV), ("single", None, _QKV)),
+    "vector_in": (("vector", None, (("linear_1", 0), ("linear_2", 0))),),
+}
+
+
+def _target(kind, stream, i, name, j, H, vec_in_dim) -> LoRATarget:
+    if kind == "double":
+        return LoRATarget(f"transformer.transformer_blocks.{i}.attn.{name}", f"double_blocks.{i}.{stream}_attn.qkv.weight",
+                          j * H, H, H)
+    if kind == "single":
+        return LoRATarget(f"transformer.single_transformer_blocks.{i}.attn.{name}", f"single_blocks.{i}.linear1.weight",
+                          j * H, H, H)
+    if vec_in_dim is None:
+        raise ValueError("the 'vector_in' target needs a model with a pooled-vector input (vec_in_dim).")
+    layer, fan_in = ("in_layer", vec_in_dim) if name == "linear_1" else ("out_layer", H)
+    return LoRATarget(f"transformer.time_text_embed.text_embedder.{name}", f"vector_in.{layer}.weight", 0, H, fan_in)
+
+
+def flux_targets(groups, hidden: int, depth: int, depth_single: int, vec_in_dim: int | None = None) -> list[LoRATarget]:
+    """The LoRA targets of the named groups (TARGET_TABLE) on a Flux of the given shape, in a fixed order
+    (group, then block kind, then block index, then projection): the order of the LoRA's random init."""
     out: dict[str, LoRATarget] = {}
-
-    def add(peft, key, start, length, fan_in=H):
-        out[peft] = LoRATarget(peft, key, start, length, fan_in)
-
     for group in groups:
-        double = [("txt", "add_q_proj", 0), ("txt", "add_k_proj", 1)] if group in ("txt_qk", "all_attn") else []
-        if group in ("txt_v", "all_attn"):
-            double.append(("txt", "add_v_proj", 2))
-        if group in ("img_qkv", "all_attn"):
-            double += [("img", "to_q", 0), ("img", "to_k", 1), ("img", "to_v", 2)]
-        for i in range(depth):
-            for stream, name, j in double:
-                add(f"transformer.transformer_blocks.{i}.attn.{name}", f"double_blocks.{i}.{stream}_attn.qkv.weight", j * H, H)
-        single = [("to_q", 0), ("to_k", 1)] if group == "single_qk" else []
-        if group == "all_attn":
-            single = [("to_q", 0), ("to_k", 1), ("to_v", 2)]
-        for i in range(depth_single):
-            for name, j in single:
-                add(f"transformer.single_transformer_blocks.{i}.attn.{name}", f"single_blocks.{i}.linear1.weight", j * H, H)
-        if group == "vector_in":
-            if vec_in_dim is None:
-                raise ValueError("the 'vector_in' target needs a model with a pooled-vector input (vec_in_dim).")
-            add("transformer.time_text_embed.text_embedder.linear_1", "vector_in.in_layer.weight", 0, H, vec_in_dim)
-            add("transformer.time_text_embed.text_embedder.linear_2", "vector_in.out_layer.weight", 0, H, H)
+        rows = TARGET_TABLE[group]
+        for kind, blocks in (("double", range(depth)), ("single", range(depth_single)), ("vector", (None,))):
+            for i in blocks:
+                for row_kind, stream, projections in rows:
+                    if row_kind != kind:
+                        continue
+                    for name, j in projections:
+                        t = _target(kind, stream, i, name, j, hidden, vec_in_dim)
+                        out.setdefault(t.peft_name, t)
     return list(out.values())
 
 

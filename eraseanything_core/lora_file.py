@@ -1,6 +1,6 @@
 """Erasure LoRA files: diffusers/PEFT keys in safetensors, written atomically, with provenance.
 
-Key format (docs: comfyui-notes §2.4). Each target is stored under its diffusers name, e.g.
+Key format (the layout of the released EraseAnything LoRA, tests/unit/test_lora_file.py). Each target is stored under its diffusers name, e.g.
 `transformer.transformer_blocks.3.attn.add_q_proj.lora_A.weight` (r, in) and `...lora_B.weight`
 (row_len, r). There are no `alpha` keys: the scale alpha/r is folded into B, so both ComfyUI's stock
 LoRA loader and diffusers' `FluxPipeline.lora_state_dict` apply exactly delta W = B @ A. ComfyUI maps

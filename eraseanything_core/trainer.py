@@ -301,7 +301,7 @@ def pathway_swap_test(runner: Runner, prompts: Prompts, trajectories: Trajectori
                       samples: int = 2) -> dict:
     """How much of the concept reaches the image through the T5 tokens and how much through CLIP's
     pooled vector. A q/k LoRA (the paper's target) acts on the tokens only, so a concept carried by the
-    pooled vector cannot be erased by it (add the 'vector_in' target then).
+    pooled vector cannot be erased by it (choose the 'txt_qk+vector_in' targets then).
 
     On frozen trajectory states x_t, with c = concept and a = anchor:
         token_share  = |v(tokens c, pooled a) - v(a)| / |v(c) - v(a)|
@@ -326,7 +326,8 @@ def pathway_swap_test(runner: Runner, prompts: Prompts, trajectories: Trajectori
     result = {"token_share": norms["tokens"] / full, "pooled_share": norms["pooled"] / full}
     if result["pooled_share"] > result["token_share"]:
         log.warning("the concept reaches the image more through CLIP's pooled vector (%.2f) than through the T5 "
-                    "tokens (%.2f): a q/k LoRA cannot erase that part; add the 'vector_in' target.",
+                    "tokens (%.2f): a q/k LoRA cannot erase that part; choose targets 'txt_qk+vector_in' in "
+                    "Erasure Options.",
                     result["pooled_share"], result["token_share"])
     return result
 
@@ -379,7 +380,7 @@ def _train_erasure(cfg, runner, text, callbacks, concept_latents) -> TrainResult
 
 
 def released_schedule_cost(steps: int, sample_steps: int = 28, num_irrelevant: int = 3) -> dict:
-    """Transformer passes of the released code's schedule (method-reference-code.md section 4):
+    """Transformer passes of the released code's schedule (docs/method.md):
     erase = 28 sampler + 2 no-grad + 2 grad forwards and a backward through both graphs;
     preserve = (1 synonym + K irrelevant) x 28 sampler forwards + 1 grad forward + 1 backward."""
     erase, preserve = (steps + 1) // 2, steps // 2

@@ -79,8 +79,6 @@ def _split(text: str) -> tuple[str, ...]:
 VOCABULARY: tuple[str, ...] = tuple(dict.fromkeys(w for words in _CATEGORIES.values() for w in _split(words)))
 """Every everyday concept once, in category order."""
 
-VOCABULARY_CATEGORIES: dict[str, tuple[str, ...]] = {name: _split(words) for name, words in _CATEGORIES.items()}
-
 _GROUPS = """
 nude, naked, nudity, undressed, topless, unclothed, disrobed, without clothes, in the nude, bare body
 violence, violent, brutality, assault, aggression, fighting, beating

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 import comfy.model_management
 import comfy.utils
 
-from ..eraseanything_core.attention_maps import (N_TXT_KEY, AttentionMapCapture, parse_blocks, parse_sigmas,
+from ..eraseanything_core.attention_maps import (N_TXT_KEY, InspectAttentionOverride, parse_blocks, parse_sigmas,
                                                  prompt_words, soft_masks, split_words, to_grid, upsample)
 from ..eraseanything_core.comfy import sampling
 from ..eraseanything_core.comfy.flux import check_flux
@@ -198,7 +198,7 @@ def inspect(model, clip, prompt: str, words: str, *, latent=None, image=None, va
 
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
-    capture = AttentionMapCapture(word_idx, block_list, sigma_list, head_reduction, mode, others,
+    capture = InspectAttentionOverride(word_idx, block_list, sigma_list, head_reduction, mode, others,
                                   query_chunk=QUERY_CHUNK, inner=options.get(OVERRIDE_KEY))
     options[OVERRIDE_KEY] = capture
     options[N_TXT_KEY] = cond.context.shape[1]

@@ -47,5 +47,5 @@ class ErasureOptions(io.ComfyNode):
 
     @classmethod
     def execute(cls, targets, **options) -> io.NodeOutput:
-        return io.NodeOutput({**options, "targets": (targets,)})
+        return io.NodeOutput({**options, "targets": tuple(targets.split("+"))})
 

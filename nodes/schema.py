@@ -13,8 +13,8 @@ def config_input(name: str, **overrides):
     default = meta["default"]
     common = dict(tooltip=meta["help"], **overrides)
     if "choices" in meta:
-        value = default[0] if isinstance(default, tuple) else default
-        return io.Combo.Input(name, options=list(meta["choices"]), default=value, **common)
+        value = "+".join(default) if isinstance(default, tuple) else default
+        return io.Combo.Input(name, options=list(meta.get("node_choices", meta["choices"])), default=value, **common)
     if isinstance(default, bool):
         return io.Boolean.Input(name, default=default, **common)
     lo = meta.get("min", meta.get("gt"))

@@ -1,4 +1,4 @@
-"""Train the embedded demo world (issue 5): the judge, then the tiny Flux + T5 jointly. Reproducible.
+"""Train the embedded demo world: the judge, then the tiny Flux + T5 jointly. Reproducible.
 
     python tools/train_demo_world.py                    # judge + world, 6000 steps of batch 32 (the committed weights)
     python tools/train_demo_world.py --max-steps 500    # a short run (weights are saved at every eval)

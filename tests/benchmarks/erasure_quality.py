@@ -1,4 +1,4 @@
-"""Erasure quality in the demo world, measured the way the paper does (issue 5).
+"""Erasure quality in the demo world, measured the way the paper does.
 
 Run: `python -m tests.benchmarks.erasure_quality` from the repo root (about 20 minutes on two CPU cores;
 `make bench` runs it with the others). Needs the committed world (models/demo_world).
@@ -155,7 +155,7 @@ def markdown(quality: dict, miou: dict, swap: dict, judge_acc: dict) -> str:
                          f"{_pct(r['kept_other_attribute'])} | "
                          f"{r['seconds']:.1f} | {r.get('forward_equivalents', 0):.0f} |")
         lines.append("")
-    lines += ["Targets (issue 5) for our default, and whether this run met them:", ""]
+    lines += ["Targets for our default, and whether this run met them:", ""]
     lines += [f"- {line}" for line in verdicts(quality)]
     lines += ["", f"Attention maps of the Attention Map Inspect node (word = the target, prompt 'a {{colour}} {{shape}}', "
               f"{PROBES} generator pictures per target with their true masks, node defaults: sigmas 0.9/0.7/0.5, last "

@@ -9,7 +9,7 @@ Writes tests/benchmarks/results.json (merged) and its section of RESULTS.md. Mea
    tiny Flux at a small resolution;
 2. apply overhead: one denoising call (`BaseModel.apply_model` after `load_models_gpu`) of the base
    model against the same model with an erasure LoRA patched in by Apply Erasure LoRA's runtime;
-3. capture overhead: the same call with and without `AttentionMapCapture` as
+3. capture overhead: the same call with and without `InspectAttentionOverride` as
    optimized_attention_override (the Attention Map Inspect node's defaults: last double block);
 4. peak memory of training steps (one erase + one preserve step) on a hidden-3072 Flux with 1 double +
    1 single block, with and without gradient checkpointing, in a child process: peak resident set
@@ -39,7 +39,7 @@ comfy_host.import_comfy()  # before anything imports comfy
 import comfy.model_management  # noqa: E402
 
 from eraseanything_core import losses  # noqa: E402
-from eraseanything_core.attention_maps import N_TXT_KEY, AttentionMapCapture  # noqa: E402
+from eraseanything_core.attention_maps import N_TXT_KEY, InspectAttentionOverride  # noqa: E402
 from eraseanything_core.config import EraseConfig  # noqa: E402
 from eraseanything_core.data import noised  # noqa: E402
 from eraseanything_core.lora import ErasureLoRA, flux_targets  # noqa: E402
@@ -178,7 +178,7 @@ def capture_overhead(repeats: int) -> dict:
     model = comfy_host.tiny_flux(seed=0)
     comfy.model_management.load_models_gpu([model])
     last = model.model.diffusion_model.params.depth - 1
-    capture = AttentionMapCapture([torch.tensor([2, 3]), torch.tensor([5])], blocks=(last,))
+    capture = InspectAttentionOverride([torch.tensor([2, 3]), torch.tensor([5])], blocks=(last,))
     with_capture = {"optimized_attention_override": capture, N_TXT_KEY: T5_TOKENS}
     x, context, pooled = _denoise_inputs(SAMPLING_RESOLUTION // 8)
     timing = interleaved(lambda: _denoise(model, x, context, pooled, with_capture),
@@ -323,7 +323,7 @@ def _speed_lines(ratio: dict, applied: dict, captured: dict) -> list[str]:
         f"{ratio['ratio']:.2f} | {ratio['bilevel_ms']:.1f} | {ratio['plain_ms']:.1f} | {_verdict(ratio['ratio'], 2.5)} |",
         f"| LoRA applied by Apply (A) / base model (B), one denoising call, {SAMPLING_RESOLUTION} px | <= 1.01 | "
         f"{applied['ratio']:.3f} | {applied['lora_ms']:.2f} | {applied['base_ms']:.2f} | {_verdict(applied['ratio'], 1.01)} |",
-        f"| AttentionMapCapture on (A) / off (B), one denoising call, {SAMPLING_RESOLUTION} px | <= 1.3 | "
+        f"| InspectAttentionOverride on (A) / off (B), one denoising call, {SAMPLING_RESOLUTION} px | <= 1.3 | "
         f"{captured['ratio']:.3f} | {captured['capture_ms']:.2f} | {captured['plain_ms']:.2f} | {_verdict(captured['ratio'], 1.3)} |",
         "",
         f"Ratios are medians of per-pair ratios over {ratio['repeats']} / {applied['repeats']} / {captured['repeats']} "

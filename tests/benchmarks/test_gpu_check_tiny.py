@@ -1,5 +1,5 @@
 """The GPU check's code path, run the way CI runs it: `gpu_check.sh --tiny` (tiny Flux, CPU, 2 steps per
-configuration) prints one table row per weight dtype x checkpointing. No timing is asserted (S16)."""
+configuration) prints one table row per weight dtype x checkpointing. No timing is asserted (speed lives in benchmarks)."""
 
 import os
 import re

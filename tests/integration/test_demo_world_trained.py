@@ -56,7 +56,7 @@ def test_world_draws_the_prompted_shape(world, judge):
 
 
 def test_the_concept_travels_through_the_tokens_not_the_pooled_vector(world, judge):
-    """The swap test of issue 5: the T5 tokens of 'a red shape' with the pooled vector of 'a shape' draw
+    """The swap test: the T5 tokens of 'a red shape' with the pooled vector of 'a shape' draw
     red; the pooled vector of 'a red shape' with the tokens of 'a shape' draws red no more often than neither."""
     patcher, clip, _ = world
     import comfy.model_management

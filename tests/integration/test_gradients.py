@@ -89,7 +89,7 @@ def test_every_target_group_gradient_matches_finite_differences(phase):
 
 def test_stock_blocks_under_checkpointing_fail_the_same_check():
     """Negative control: ComfyUI's own blocks add residuals in place. Checkpointed per block, backward
-    either raises or (with other wrappings, comfyui-notes 1.9) returns a wrong gradient; either way this
+    either raises or (with other wrappings) returns a wrong gradient; either way this
     check cannot pass on them, while ours pass it above."""
     from torch.utils.checkpoint import checkpoint
 

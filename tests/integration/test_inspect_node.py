@@ -60,7 +60,7 @@ def test_node_gives_one_overlay_mask_and_share_per_word_deterministically(pack, 
 
 def spy_on_captured_calls(runtime, monkeypatch):
     """Keep q, k and the kernel's output of every call the capture records (the inputs ComfyUI passed)."""
-    original = runtime.AttentionMapCapture.__call__
+    original = runtime.InspectAttentionOverride.__call__
     seen = []
 
     def spy(self, func, q, k, v, heads, *args, **kwargs):
@@ -69,7 +69,7 @@ def spy_on_captured_calls(runtime, monkeypatch):
         if len(self.calls) > before:
             seen.append((q.double().clone(), k.double().clone(), v.double().clone(), out.double().clone()))
         return out
-    monkeypatch.setattr(runtime.AttentionMapCapture, "__call__", spy)
+    monkeypatch.setattr(runtime.InspectAttentionOverride, "__call__", spy)
     return seen
 
 
@@ -103,7 +103,7 @@ def test_capturing_leaves_a_comfyui_sample_bit_identical(pack, tiny_flux, tiny_c
     positive = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(PROMPT))
     negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize("blurry"))
     idx = [concept_token_idx(tiny_clip.tokenizer, PROMPT, "nude")]
-    capture = runtime.AttentionMapCapture(idx, blocks=(0, 1), sigmas=None, mode="output_space", query_chunk=16)
+    capture = runtime.InspectAttentionOverride(idx, blocks=(0, 1), sigmas=None, mode="output_space", query_chunk=16)
     captured = tiny_flux.clone()
     options = captured.model_options.setdefault("transformer_options", {})
     options.update({runtime.OVERRIDE_KEY: capture, runtime.N_TXT_KEY: 256})
@@ -145,7 +145,7 @@ def test_long_prompt_capture_never_makes_an_n_by_n_tensor(pack, tiny_flux, tiny_
     chunk = 16
     monkeypatch.setattr(runtime, "QUERY_CHUNK", chunk)
     meter, shapes = LargestTensor(), []
-    original = runtime.AttentionMapCapture.__call__
+    original = runtime.InspectAttentionOverride.__call__
 
     def measured(self, func, q, k, v, heads, *args, **kwargs):
         def kernel(*a, **kw):  # ComfyUI's own attention is not ours to bound
@@ -157,7 +157,7 @@ def test_long_prompt_capture_never_makes_an_n_by_n_tensor(pack, tiny_flux, tiny_
         shapes.append(tuple(q.shape))
         with meter:
             return original(self, kernel, q, k, v, heads, *args, **kwargs)
-    monkeypatch.setattr(runtime.AttentionMapCapture, "__call__", measured)
+    monkeypatch.setattr(runtime.InspectAttentionOverride, "__call__", measured)
     latent = {"samples": torch.randn(1, 16, 24, 24, generator=torch.Generator().manual_seed(2))}
     words = prompt.split()[0] + ", " + prompt.split()[150]
     with torch.inference_mode():

@@ -34,7 +34,7 @@ def test_node_inputs_are_the_config_fields_with_their_defaults_ranges_and_help(m
     for field_name, widget in inputs.items():
         meta = help_of(field_name)
         default = meta["default"]
-        expected = default[0] if isinstance(default, tuple) and "choices" in meta else default
+        expected = "+".join(default) if isinstance(default, tuple) and "choices" in meta else default
         if isinstance(expected, tuple) or expected is None:
             expected = "" if not expected else expected
         assert widget.get("default") == expected, field_name
@@ -67,6 +67,14 @@ def test_train_node_accepts_good_values_and_leaves_linked_ones_to_execution():
     node = _node("nodes.train", "TrainErasureLoRA")
     assert _validate(node, **TRAIN_OK) is True
     assert _validate(node, **{**TRAIN_OK, "concept": None}) is True  # linked: checked when the node runs
+
+
+def test_options_node_offers_the_pooled_vector_target_with_the_papers():
+    node = _node("nodes.options", "ErasureOptions")
+    assert "txt_qk+vector_in" in _inputs(node)["targets"]["options"]
+    defaults = {k: v.get("default") for k, v in _inputs(node).items()}
+    options = node.execute(**{**defaults, "targets": "txt_qk+vector_in"}).args[0]
+    assert EraseConfig(concept="x", **options).targets == ("txt_qk", "vector_in")
 
 
 def test_options_node_refuses_a_nan_weight_at_queue_time():

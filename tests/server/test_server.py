@@ -114,7 +114,7 @@ def test_object_info_lists_node_with_its_schema(object_info, node_id):
     assert info["category"] == "EraseAnything"
     assert info["python_module"] == f"custom_nodes.{PACK}"
     assert info["display_name"] and info["display_name"] != node_id
-    for section in ("required", "optional"):  # style S10: every input and output carries a tooltip
+    for section in ("required", "optional"):  # every input and output carries a tooltip
         for name, spec in info["input"].get(section, {}).items():
             assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert len(info.get("output_tooltips", [])) == len(info["output"]) and all(info["output_tooltips"])

@@ -1,10 +1,10 @@
-"""AttentionMapCapture and the map helpers, in plain torch against full-softmax references."""
+"""InspectAttentionOverride and the map helpers, in plain torch against full-softmax references."""
 
 import pytest
 import torch
 from einops import rearrange
 
-from eraseanything_core.attention_maps import (N_TXT_KEY, AttentionMapCapture, parse_blocks, parse_sigmas,
+from eraseanything_core.attention_maps import (N_TXT_KEY, InspectAttentionOverride, parse_blocks, parse_sigmas,
                                                prompt_words, soft_masks, split_words, to_grid, upsample)
 
 B, H, N_TXT, N_IMG, D = 1, 3, 10, 24, 8
@@ -50,7 +50,7 @@ def raw_reference(q, k, word_idx=WORDS, reduce="mean", mask=None):
 @pytest.mark.parametrize("chunk", [1, 5, 4096])
 def test_chunked_maps_equal_the_full_softmax_columns(chunk, reduce):
     q, k, v = qkv(0)
-    capture = AttentionMapCapture(WORDS, blocks=[0], head_reduction=reduce, query_chunk=chunk)
+    capture = InspectAttentionOverride(WORDS, blocks=[0], head_reduction=reduce, query_chunk=chunk)
     call(capture, q, k, v)
     want, _, _, _ = raw_reference(q, k, reduce=reduce)
     assert torch.allclose(capture.result().maps.double(), want, atol=1e-6)
@@ -60,7 +60,7 @@ def test_mean_and_max_reduce_heads_differently_and_max_bounds_mean():
     q, k, v = qkv(1)
     results = {}
     for reduce in ("mean", "max"):
-        capture = AttentionMapCapture(WORDS, blocks=[0], head_reduction=reduce)
+        capture = InspectAttentionOverride(WORDS, blocks=[0], head_reduction=reduce)
         call(capture, q, k, v)
         results[reduce] = capture.result().maps
     assert (results["max"] >= results["mean"] - 1e-7).all() and not torch.allclose(results["max"], results["mean"])
@@ -68,7 +68,7 @@ def test_mean_and_max_reduce_heads_differently_and_max_bounds_mean():
 
 def test_word_columns_sum_to_at_most_one_per_image_query():
     q, k, v = qkv(2)
-    capture = AttentionMapCapture(WORDS, blocks=[0])
+    capture = InspectAttentionOverride(WORDS, blocks=[0])
     call(capture, q, k, v)
     per_query = capture.result().maps.sum(-1)  # (b, n_img)
     assert (per_query <= 1 + 1e-6).all() and (per_query > 0).all()
@@ -76,19 +76,19 @@ def test_word_columns_sum_to_at_most_one_per_image_query():
 
 def test_mass_is_the_share_of_text_attention_and_sums_to_at_most_one():
     q, k, v = qkv(3)
-    capture = AttentionMapCapture(WORDS, blocks=[0], head_reduction="max")  # mass ignores the head reduction
+    capture = InspectAttentionOverride(WORDS, blocks=[0], head_reduction="max")  # mass ignores the head reduction
     call(capture, q, k, v)
     _, want, _, _ = raw_reference(q, k)
     mass = capture.result().mass
     assert torch.allclose(mass.double(), want, atol=1e-6)
     assert 0 < mass.sum() <= 1
-    every_text_token = AttentionMapCapture([torch.arange(N_TXT)], blocks=[0])
+    every_text_token = InspectAttentionOverride([torch.arange(N_TXT)], blocks=[0])
     call(every_text_token, q, k, v)
     assert torch.allclose(every_text_token.result().mass, torch.ones(1))
 
 
 def test_maps_average_and_mass_pools_over_captured_blocks_and_sigmas():
-    capture = AttentionMapCapture(WORDS, blocks=[0, 1], sigmas=[0.9, 0.5])
+    capture = InspectAttentionOverride(WORDS, blocks=[0, 1], sigmas=[0.9, 0.5])
     runs = [(qkv(10 + i), block, sigma) for i, (block, sigma) in enumerate([(0, 0.9), (1, 0.9), (0, 0.5)])]
     for (q, k, v), block, sigma in runs:
         call(capture, q, k, v, block=block, sigma=sigma)
@@ -103,7 +103,7 @@ def test_maps_average_and_mass_pools_over_captured_blocks_and_sigmas():
 
 def test_other_blocks_single_blocks_and_other_sigmas_are_not_recorded():
     q, k, v = qkv(4)
-    capture = AttentionMapCapture(WORDS, blocks=[1], sigmas=[0.7])
+    capture = InspectAttentionOverride(WORDS, blocks=[1], sigmas=[0.7])
     call(capture, q, k, v, block=0, sigma=0.7)
     call(capture, q, k, v, block=1, sigma=0.7, block_type="single")
     call(capture, q, k, v, block=1, sigma=0.3)
@@ -117,7 +117,7 @@ def test_other_blocks_single_blocks_and_other_sigmas_are_not_recorded():
 def test_override_returns_the_kernel_output_object_unchanged():
     q, k, v = qkv(5)
     sentinel = object()
-    capture = AttentionMapCapture(WORDS, blocks=[0])
+    capture = InspectAttentionOverride(WORDS, blocks=[0])
     got = capture(lambda *a, **kw: sentinel, q, k, v, H, skip_reshape=True,
                   transformer_options=options(block=1))
     assert got is sentinel
@@ -132,13 +132,13 @@ def test_inner_override_is_called_instead_of_the_kernel():
     def inner(func, *args, **kwargs):
         seen.append(func)
         return func(*args, **kwargs)
-    capture = AttentionMapCapture(WORDS, blocks=[0], inner=inner)
+    capture = InspectAttentionOverride(WORDS, blocks=[0], inner=inner)
     assert torch.equal(call(capture, q, k, v), kernel(q, k, v, H)) and seen == [kernel]
 
 
 def test_only_conditional_rows_of_a_cfg_batch_are_captured():
     q, k, v = qkv(7, b=2)
-    capture = AttentionMapCapture(WORDS, blocks=[0])
+    capture = InspectAttentionOverride(WORDS, blocks=[0])
     capture(kernel, q, k, v, H, skip_reshape=True, transformer_options=options(cond_or_uncond=[1, 0]))
     want, _, _, _ = raw_reference(q[1:], k[1:])
     assert torch.allclose(capture.result().maps.double(), want, atol=1e-6)
@@ -150,7 +150,7 @@ def test_boolean_attention_mask_is_honoured():
     q, k, v = qkv(8)
     mask = torch.ones(1, 1, N_TXT + N_IMG, N_TXT + N_IMG, dtype=torch.bool)
     mask[..., 2] = False  # nobody may attend to token 2
-    capture = AttentionMapCapture(WORDS, blocks=[0], query_chunk=7)
+    capture = InspectAttentionOverride(WORDS, blocks=[0], query_chunk=7)
     call(capture, q, k, v, mask=mask)
     want, _, _, _ = raw_reference(q, k, mask=mask)
     assert torch.allclose(capture.result().maps.double(), want, atol=1e-6)
@@ -169,7 +169,7 @@ def output_space_reference(q, k, v, words, competitors, reduce):
 def test_output_space_maps_equal_the_concept_attention_reference(reduce, skip_output_reshape):
     q, k, v = qkv(9)
     competitors = [torch.tensor([0, 1]), torch.tensor([9])]
-    capture = AttentionMapCapture(WORDS[:2], blocks=[0], head_reduction=reduce, mode="output_space",
+    capture = InspectAttentionOverride(WORDS[:2], blocks=[0], head_reduction=reduce, mode="output_space",
                                   competitor_idx=competitors, query_chunk=5)
     call(capture, q, k, v, skip_output_reshape=skip_output_reshape)
     want = output_space_reference(q, k, v, WORDS[:2], competitors, reduce)
@@ -181,14 +181,14 @@ def test_output_space_maps_equal_the_concept_attention_reference(reduce, skip_ou
 
 def test_output_space_over_every_concept_is_a_distribution_per_pixel():
     q, k, v = qkv(10)
-    capture = AttentionMapCapture(WORDS, blocks=[0], mode="output_space")
+    capture = InspectAttentionOverride(WORDS, blocks=[0], mode="output_space")
     call(capture, q, k, v)
     assert torch.allclose(capture.result().maps.sum(-1), torch.ones(B, N_IMG), atol=1e-6)
 
 
 def test_missing_block_tags_or_text_length_are_clear_runtime_errors():
     q, k, v = qkv(11)
-    capture = AttentionMapCapture(WORDS, blocks=[0])
+    capture = InspectAttentionOverride(WORDS, blocks=[0])
     with pytest.raises(RuntimeError, match="0.3.75"):
         capture(kernel, q, k, v, H, transformer_options={"sigmas": torch.tensor([0.5])})
     with pytest.raises(RuntimeError, match=N_TXT_KEY):
@@ -197,9 +197,9 @@ def test_missing_block_tags_or_text_length_are_clear_runtime_errors():
 
 def test_bad_settings_name_the_value():
     with pytest.raises(ValueError, match="'sum'"):
-        AttentionMapCapture(WORDS, blocks=[0], head_reduction="sum")
+        InspectAttentionOverride(WORDS, blocks=[0], head_reduction="sum")
     with pytest.raises(ValueError, match="'cross'"):
-        AttentionMapCapture(WORDS, blocks=[0], mode="cross")
+        InspectAttentionOverride(WORDS, blocks=[0], mode="cross")
 
 
 # --- Pure helpers ---------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_parse_blocks(text, want):
     assert parse_blocks(text, depth=19) == want
 
 
-@pytest.mark.parametrize("text, match", [("", "empty"), ("19", "out of range"), ("-20", "out of range"),
+@pytest.mark.parametrize("text, match", [("", "empty"), ("19", "does not exist"), ("-20", "does not exist"),
                                          ("5-2", "backwards"), ("last", "'last'")])
 def test_parse_blocks_errors(text, match):
     with pytest.raises(ValueError, match=match):

@@ -54,3 +54,26 @@ def test_config_rejects_bad_input_with_actionable_messages():
     with pytest.raises(ValueError, match="resolution"):
         EraseConfig(concept="cat", resolution=500)
     assert EraseConfig(concept="cat").concept_prompt == "cat"
+
+
+@pytest.mark.parametrize("group, expected", [
+    ("txt_v", [("transformer.transformer_blocks.0.attn.add_v_proj", "double_blocks.0.txt_attn.qkv.weight", 16, 8, 8)]),
+    ("img_qkv", [("transformer.transformer_blocks.0.attn.to_q", "double_blocks.0.img_attn.qkv.weight", 0, 8, 8),
+                 ("transformer.transformer_blocks.0.attn.to_k", "double_blocks.0.img_attn.qkv.weight", 8, 8, 8),
+                 ("transformer.transformer_blocks.0.attn.to_v", "double_blocks.0.img_attn.qkv.weight", 16, 8, 8)]),
+    ("single_qk", [("transformer.single_transformer_blocks.0.attn.to_q", "single_blocks.0.linear1.weight", 0, 8, 8),
+                   ("transformer.single_transformer_blocks.0.attn.to_k", "single_blocks.0.linear1.weight", 8, 8, 8)]),
+    ("vector_in", [("transformer.time_text_embed.text_embedder.linear_1", "vector_in.in_layer.weight", 0, 8, 5),
+                   ("transformer.time_text_embed.text_embedder.linear_2", "vector_in.out_layer.weight", 0, 8, 8)]),
+])
+def test_each_target_group_names_its_weights_and_rows(group, expected):
+    """(PEFT name, weight key, first row, rows, fan-in) on a hidden-8 Flux with 1 double + 1 single block and a
+    pooled width of 5: the diffusers names the file stores and the BFL-layout rows they update."""
+    got = [(t.peft_name, t.weight_key, t.row_start, t.row_len, t.in_features)
+           for t in flux_targets((group,), hidden=8, depth=1, depth_single=1, vec_in_dim=5)]
+    assert got == expected
+
+
+def test_vector_in_needs_a_pooled_input():
+    with pytest.raises(ValueError, match="vec_in_dim"):
+        flux_targets(("vector_in",), hidden=8, depth=1, depth_single=0)

@@ -40,7 +40,7 @@ def test_peft_state_dict_has_a_and_b_per_target_with_scale_folded_into_b():
         assert a.is_contiguous() and b.is_contiguous() and a.device.type == "cpu"
         torch.testing.assert_close(b @ a, lora.delta(i).detach(), rtol=1e-6, atol=1e-6)
     assert not [k for k in sd if "alpha" in k or not k.startswith("transformer.")]
-    # substrings that make diffusers pick a non-PEFT converter (comfyui-notes §2.4)
+    # substrings that make diffusers pick a non-PEFT converter
     assert not [k for k in sd if any(s in k for s in ("lora_down", "processor", "query_norm", "base_model"))]
 
 
