@@ -30,6 +30,29 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+def visible_popups(page) -> list[str]:
+    """Dialogs and toasts (e.g. the frontend's workflow validation alert) currently shown."""
+    return page.execute_script("return [...document.querySelectorAll('.p-dialog, .p-toast-message')]"
+                               ".filter(d => d.offsetParent !== null).map(d => d.innerText.slice(0, 300))")
+
+
+def close_dialogs(page) -> None:
+    page.execute_script("document.querySelectorAll('.p-dialog .p-dialog-close-button').forEach(b => b.click())")
+    wait_until(lambda: not visible_popups(page), 10, "the dialogs to close")
+
+
+def dismiss_missing_models(page, workflow: dict) -> str | None:
+    """A workflow whose loaders name their model files makes ComfyUI show the missing-models dialog on a
+    server without them: wait for it, close it and return its text (None for other workflows)."""
+    if not any(n.get("properties", {}).get("models") for n in workflow["nodes"]):
+        return None
+    wait_until(lambda: visible_popups(page), 10, "the missing-models dialog")
+    (dialog,) = page.execute_script("return [...document.querySelectorAll('.p-dialog')]"
+                                    ".filter(d => d.offsetParent !== null).map(d => d.innerText)")
+    close_dialogs(page)
+    return dialog
+
+
 @pytest.fixture(scope="session")
 def chrome(tmp_path_factory):
     """A headless Chromium session. Skips when the Debian chromium/chromedriver packages are missing."""

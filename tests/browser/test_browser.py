@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.conftest import wait_until
+from tests.browser.conftest import dismiss_missing_models, visible_popups, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,6 @@ def default_sizes(page, node_types) -> dict[str, list[float]]:
     sizes = page.execute_script("return Object.fromEntries(arguments[0].map(t => [t, "
                                 "Array.from(LiteGraph.createNode(t).computeSize())]))", list(node_types))
     return {t: [max(w, 340), h] for t, (w, h) in sizes.items()}
-
-
-def visible_popups(page) -> list[str]:
-    """Dialogs and toasts (e.g. the frontend's workflow validation alert) currently shown."""
-    return page.execute_script("return [...document.querySelectorAll('.p-dialog, .p-toast-message')]"
-                               ".filter(d => d.offsetParent !== null).map(d => d.innerText.slice(0, 300))")
 
 
 def drawn_fraction(shot, rect: dict, canvas: dict, background) -> tuple[float, int]:
@@ -189,7 +183,15 @@ def test_our_js_extension_registers(comfy_page, comfy_server):
 
 @pytest.mark.parametrize("path", example_workflows(), ids=lambda p: p.name)
 def test_example_workflow_loads_in_frontend(comfy_page, comfy_server, path):
+    """A template loads without complaint; one that names its model files gets ComfyUI's missing-models
+    dialog (the test server has none of them) listing each file with a download link."""
     workflow = json.loads(path.read_text(encoding="utf-8"))
     loaded = load_workflow(comfy_page, workflow)
+    models = [m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])]
+    dialog = dismiss_missing_models(comfy_page, workflow)
+    if models:
+        assert dialog.startswith("Missing Models"), dialog
+        listed = [m for m in models if f"{m['directory']} / {m['name']}" in dialog]
+        assert listed == models and dialog.count("Download") >= len(models), dialog
     assert not visible_popups(comfy_page), f"{path.name}: the frontend complained on load: {visible_popups(comfy_page)}"
     assert {n["type"] for n in loaded} & set(OUR_NODES), f"{path.name} has none of our nodes"

@@ -145,6 +145,9 @@ def test_workflow_templates_lists_our_example_workflows(comfy_server, object_inf
         assert "nodes" in workflow and "links" in workflow, f"{path.name} is not a UI-format workflow"
         unknown = sorted({n["type"] for n in workflow["nodes"]} - set(object_info))
         assert not unknown, f"{path.name} uses node types the server does not know: {unknown}"
+        # the templates dialog shows /api/workflow_templates/<pack>/<name>.jpg beside each template
+        thumb = comfy_server.get(f"/api/workflow_templates/{PACK}/{urllib.parse.quote(path.stem)}.jpg")
+        assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg", (path.stem, thumb.status_code)
 
 
 def test_train_workflow_reports_progress_and_writes_lora(comfy_server, object_info):

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "example_workflows"
 TWINS = REPO_ROOT / "tests" / "workflows"
-FLUX_NAMES = ("erase_concept_flux_dev", "apply_shared_erasure")  # need FLUX.1-dev's files
-DEMO = "erase_demo_world"  # runs as it is: the demo world ships with the pack
+FLUX_NAMES = ("erase_a_concept_from_FLUX.1-dev_with_before-after_images_and_attention_maps", "apply_a_shared_erasure_LoRA_to_FLUX.1-dev")  # need FLUX.1-dev's files
+DEMO = "demo_world_erase_red_on_any_CPU_with_nothing_to_download"  # runs as it is: the demo world ships with the pack
 NAMES = FLUX_NAMES + (DEMO,)
 TRAIN, APPLY = "EraseAnything_TrainErasureLoRA", "EraseAnything_ApplyErasureLoRA"
 # Inputs that name model files; their values are the files the workflow expects the user to have.
@@ -147,7 +147,7 @@ def test_api_twin_matches_object_info(object_info, name):
 
 def test_object_info_check_finds_each_kind_of_mistake(object_info):
     """Positive control for the check above (ComfyUI 0.3.75 itself would let the COMBO one through)."""
-    prompt = api_twin("erase_concept_flux_dev")
+    prompt = api_twin("erase_a_concept_from_FLUX.1-dev_with_before-after_images_and_attention_maps")
     (train,), (inspect, _) = node_ids(prompt, TRAIN), node_ids(prompt, "EraseAnything_AttentionMapInspect")
     (sampler, _) = node_ids(prompt, "KSampler")
     prompt[inspect]["inputs"]["head_reduction"] = "median"             # not a COMBO option
@@ -207,7 +207,7 @@ def tiny_variant(prompt: dict, changes: dict[str, dict]) -> dict:
 @pytest.fixture(scope="module")
 def tiny_training_run(comfy_server):
     """The erase example on the tiny Flux: train 6 steps, sample before/after, inspect both."""
-    prompt = api_twin("erase_concept_flux_dev")
+    prompt = api_twin("erase_a_concept_from_FLUX.1-dev_with_before-after_images_and_attention_maps")
     (train,) = node_ids(prompt, TRAIN)
     changes = {train: {**TINY_TRAIN, "lora_name": "server_example_van_gogh"}}
     changes.update({i: {"width": 64, "height": 64} for i in node_ids(prompt, "EmptySD3LatentImage")})
@@ -256,7 +256,7 @@ def test_apply_example_loads_the_freshly_trained_file(comfy_server, tiny_trainin
     options = comfy_server.get(f"/object_info/{APPLY}").json()[APPLY]["input"]["required"]["lora_name"][1]["options"]
     assert lora_file in options, f"{lora_file} is not offered by Apply Erasure LoRA: {options}"
 
-    prompt = api_twin("apply_shared_erasure")
+    prompt = api_twin("apply_a_shared_erasure_LoRA_to_FLUX.1-dev")
     (apply,) = node_ids(prompt, APPLY)
     (shown,) = node_ids(prompt, "PreviewAny")
     assert prompt[shown]["inputs"]["source"] == [apply, 1], "the example no longer shows the LoRA's info"
@@ -284,8 +284,10 @@ def test_demo_world_example_runs_unchanged_and_its_pictures_lose_the_red(comfy_s
         node = prompt[m["data"]["node"]]
         if node["class_type"] == "SaveImage":
             files = [comfy_server.base_dir / "output" / i["subfolder"] / i["filename"] for i in m["data"]["output"]["images"]]
-            saved[node["_meta"]["title"]] = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files])
-    assert set(saved) == {"Before", "After"} and len(saved["Before"]) == 8, {k: v.shape for k, v in saved.items()}
+            # the template shows the 32 px pictures enlarged 8x, nearest-neighbour: every 8th pixel is the picture
+            saved[node["_meta"]["title"]] = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))[::8, ::8])
+                                                         for f in files])
+    assert set(saved) == {"Before", "After"} and saved["Before"].shape == (8, 32, 32, 3), {k: v.shape for k, v in saved.items()}
     judge = judge_lib.load(REPO_ROOT / "models" / "demo_world" / "judge.safetensors")
     red = shapes.COLOUR_NAMES.index("red")  # the example erases "red" from "a red shape"
     rate = {k: (judge.predict(v.permute(0, 3, 1, 2).float() / 255)[1] == red).float().mean().item()

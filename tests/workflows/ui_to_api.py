@@ -1,8 +1,8 @@
 """Turn a UI-format workflow (what the frontend saves, and what example_workflows/ holds) into the API
 format that POST /prompt takes, using the node schemas of a running server's /object_info.
 
-    python tests/workflows/ui_to_api.py example_workflows/erase_concept_flux_dev.json \
-        --object-info http://127.0.0.1:8188 -o tests/workflows/erase_concept_flux_dev.api.json
+    python tests/workflows/ui_to_api.py example_workflows/erase_a_concept_from_FLUX.1-dev_with_before-after_images_and_attention_maps.json \
+        --object-info http://127.0.0.1:8188 -o tests/workflows/erase_a_concept_from_FLUX.1-dev_with_before-after_images_and_attention_maps.api.json
 
 `--object-info` is a server URL or a saved /object_info JSON file. The rules are the frontend's
 (`graphToPrompt`, frontend 1.32), and tests/browser/test_browser_training.py checks that this script
