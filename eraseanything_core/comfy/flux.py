@@ -232,8 +232,11 @@ class FluxRunner:
         device, dtype = self.device, self.dtype
         context = torch.cat([c.context for c in conds]).to(device, dtype)
         pooled = torch.cat([c.pooled for c in conds]).to(device, dtype)
-        timestep = torch.full((b,), float(sigma), device=device, dtype=dtype)
-        guidance_vec = torch.full((b,), float(guidance), device=device, dtype=dtype)
+        # The timestep and guidance reach the model in float32 at least, as ComfyUI's samplers pass them:
+        # in bf16, sigma 0.7634 would embed as 0.7617.
+        scalar_dtype = torch.promote_types(dtype, torch.float32)
+        timestep = torch.full((b,), float(sigma), device=device, dtype=scalar_dtype)
+        guidance_vec = torch.full((b,), float(guidance), device=device, dtype=scalar_dtype)
         try:
             v = self.diffusion_model(x_t.to(device, dtype), timestep, context, y=pooled, guidance=guidance_vec,
                                      transformer_options=to)

@@ -168,3 +168,21 @@ def test_erase_step_reuses_the_samplers_frozen_concept_velocity(token_clip):
         latents = traj.x0.clone()
         user = prepare_data(cfg, runner, prompts, concept_latents=latents)
         assert user.velocity is None and erase_forwards(cfg, user) == 3
+
+
+def test_timestep_and_guidance_reach_a_bf16_model_in_float32(monkeypatch):
+    """As ComfyUI's samplers pass them: a bf16 timestep would move sigma 0.7634 to 0.7617."""
+    import comfy.ldm.flux.model as flux_model
+    seen = []
+    real = flux_model.timestep_embedding
+    monkeypatch.setattr(flux_model, "timestep_embedding", lambda t, dim, *a, **k: seen.append(t.dtype) or real(t, dim, *a, **k))
+    from eraseanything_core.comfy.flux import FluxRunner
+    # bf16 compute, as on a GPU (a CPU computes a bf16 model in float32); ComfyUI's ops cast the weights
+    monkeypatch.setattr(FluxRunner, "dtype", property(lambda self: torch.bfloat16))
+    model = comfy_host.tiny_flux(seed=0, dtype=torch.bfloat16)
+    runner = build_runner(model, _cfg())
+    runner.load()
+    cond = ClipText(comfy_host.tiny_clip(seed=0)).encode("a nude girl", "nude")
+    with torch.no_grad():
+        runner.velocity(torch.randn(1, 16, 4, 4), 0.7634, [cond], 3.0)
+    assert runner.dtype == torch.bfloat16 and seen == [torch.float32, torch.float32], seen
