@@ -41,6 +41,8 @@ class StepReport:
     phase: str           # "erase" | "preserve"
     values: dict         # loss terms of this step, floats
     preview: torch.Tensor | None = None  # first and every preview_every-th erase step: (h_tok, w_tok) map in [0, 1]
+    preview_latent: torch.Tensor | None = None  # with a preview: (c, h, w) model-space final sample of the
+                                                # trajectory whose state the map was read at (a picture to overlay)
 
 
 @dataclass
@@ -186,7 +188,7 @@ class ErasureTrainer:
         # Eq. 3 on the ESD forward itself (the released code spent a second forward on a noised D_un image).
         l_attn = sum(losses.attention_attenuation_loss(capture.probs[b][0]) for b in self.blocks)
         self.sigma_last = sigma
-        self._last_probs = (capture.probs[self.blocks[-1]][0].detach(), variant.context.shape[1], x_t.shape[-2:])
+        self._last_probs = (capture.probs[self.blocks[-1]][0].detach(), variant.context.shape[1], x_t.shape[-2:], i)
         loss = cfg.lambda_esd * l_esd + cfg.lambda_attn * l_attn
         return loss, {"esd": l_esd.item(), "attn": l_attn.item()}
 
@@ -237,7 +239,7 @@ class ErasureTrainer:
 
     def _concept_map(self) -> torch.Tensor:
         """Where the image queries of the last erase step looked at the concept: (h_tok, w_tok) in [0, 1]."""
-        probs, n_txt, (h, w) = self._last_probs
+        probs, n_txt, (h, w), _ = self._last_probs
         concept_map = probs[0, :, n_txt:, :].mean(dim=(0, 2)).reshape(token_grid((h, w))).float().cpu()
         return concept_map / concept_map.max().clamp_min(1e-12)
 
@@ -264,7 +266,10 @@ class ErasureTrainer:
             erase_steps += phase == "erase"
             if cb.on_step is not None:
                 preview = phase == "erase" and (erase_steps == 1 or erase_steps % cb.preview_every == 0)
-                cb.on_step(StepReport(step, cfg.steps, phase, values, self._concept_map() if preview else None))
+                report = StepReport(step, cfg.steps, phase, values)
+                if preview:
+                    report.preview, report.preview_latent = self._concept_map(), self.traj.x0[self._last_probs[3]]
+                cb.on_step(report)
         return self.history
 
 

@@ -33,6 +33,7 @@ QUERY_CHUNK = 1024   # image queries per chunk of logits: peak (h, 1024, n) floa
 GUIDANCE = 3.5       # FLUX.1-dev's distilled guidance, ComfyUI's default when no FluxGuidance node is used
 PIXELS_PER_LATENT = 8  # Flux VAE, used when no vae is connected
 TILE_MAX = 512       # long side of one overlay tile in the grid, in pixels
+TILE_MIN = 128       # small pictures (the demo world's 32 px) are enlarged, nearest-neighbour, to at least this
 GRID_COLUMNS = 4
 GREY = (128, 128, 128)
 
@@ -152,7 +153,8 @@ def _forward_each_sigma(patched, x0: torch.Tensor, cond, sigmas, seed: int, node
 def _tile(background: Image.Image, mask: torch.Tensor, label: str) -> Image.Image:
     """One overlay: the heat map of a (H, W) mask blended on the background, labelled top-left."""
     heat = visual.heatmap(mask, size=max(mask.shape))
-    tile = Image.blend(background.resize(heat.size, Image.BILINEAR), heat, 0.55)
+    enlarging = heat.size[0] > background.width
+    tile = Image.blend(background.resize(heat.size, Image.NEAREST if enlarging else Image.BILINEAR), heat, 0.55)
     draw = ImageDraw.Draw(tile)
     box = draw.textbbox((3, 2), label)
     draw.rectangle([0, 0, box[2] + 3, box[3] + 2], fill=(0, 0, 0))
@@ -163,7 +165,7 @@ def _tile(background: Image.Image, mask: torch.Tensor, label: str) -> Image.Imag
 def _grid(background: Image.Image, soft: torch.Tensor, words, mass) -> torch.Tensor:
     """(1, GH, GW, 3) IMAGE: one labelled overlay per word, GRID_COLUMNS per row."""
     h, w = background.height, background.width
-    scale = min(1.0, TILE_MAX / max(h, w))
+    scale = TILE_MAX / max(h, w) if max(h, w) > TILE_MAX else float(max(1, TILE_MIN // max(h, w)))
     tile_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
     tiles = [_tile(background, m, f"{word}  {share * 100:.1f}%")
              for word, m, share in zip(words, upsample(soft, tile_hw), mass.tolist())]

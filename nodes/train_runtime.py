@@ -43,7 +43,7 @@ def _send(event: str, data: dict):
         instance.send_sync(event, {**data, "prompt_id": getattr(instance, "last_prompt_id", None)}, client)
 
 
-def _callbacks(cfg: EraseConfig, node_id) -> Callbacks:
+def _callbacks(cfg: EraseConfig, node_id, latent_format=None) -> Callbacks:
     """One progress bar over data generation then training (data passes first, then steps), so it moves
     from the first second and never goes back; the chart's header names the data phase."""
     pbar = comfy.utils.ProgressBar(cfg.steps, node_id=node_id)
@@ -58,8 +58,12 @@ def _callbacks(cfg: EraseConfig, node_id) -> Callbacks:
     def on_step(report: StepReport):
         _send(EVENT_LOSS, {"node": node_id, "step": report.step, "total": report.total,
                            "phase": report.phase, "values": report.values})
-        # The attention preview rides on the progress update: ComfyUI shows it under the node.
-        preview = None if report.preview is None else ("JPEG", visual.heatmap(report.preview), 256)
+        # The attention preview rides on the progress update: ComfyUI shows it under the node, as the map
+        # over the concept picture whose trajectory the step trained on.
+        preview = None
+        if report.preview is not None:
+            picture = visual.latent_picture(report.preview_latent, latent_format)
+            preview = ("JPEG", visual.overlay(report.preview, picture), 256)
         pbar.update_absolute(data_total + report.step, data_total + report.total, preview)
 
     erase_steps = cfg.steps * cfg.erase_steps_per_preserve // (cfg.erase_steps_per_preserve + 1)
@@ -86,7 +90,8 @@ def train_in_node(model, clip, cfg: EraseConfig, lora_name: str, node_id=None, l
     check_lora_name(lora_name)  # refuse a bad name before hours of training
     runner = flux.build_runner(model, cfg)  # refuses a model that is not a FLUX.1
     try:
-        erasure = flux.train(model, ClipText(clip), cfg, _callbacks(cfg, node_id), latents, runner=runner)
+        callbacks = _callbacks(cfg, node_id, model.model.latent_format)
+        erasure = flux.train(model, ClipText(clip), cfg, callbacks, latents, runner=runner)
     except NonFiniteLossError as err:
         kept = lora_file.save_lora_file(lora_file.peft_state_dict(runner.lora, torch.float32), folder,
                                         f"{lora_name}_lastgood_step{err.step - 1}", {"config": cfg.to_metadata()})

@@ -6,7 +6,7 @@ import { drawCaption, drawLossChart } from "./lib/loss_chart.js";
 
 const TRAIN_NODE = "EraseAnything_TrainErasureLoRA";
 const CHART_WIDGET = "loss_chart";
-const CHART_HEIGHT = 170;
+const CHART_HEIGHT = 230;
 const CAPTION_HEIGHT = 18;
 
 // A canvas widget, not serialized. `data` is the current run: {points: [{step, phase, values}], total,

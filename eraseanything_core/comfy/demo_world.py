@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+import comfy.latent_formats
 import comfy.model_detection
 import comfy.model_management
 import comfy.model_patcher
@@ -164,9 +165,29 @@ def make_vae():
     return vae
 
 
+class DemoWorldLatent(comfy.latent_formats.Flux):
+    """Flux's latent format (the same scale and shift, vae.py) with RGB preview factors that are exact for
+    the pixel-unshuffle VAE: model-space channel 4c + 2p + q is colour c of sub-pixel (p, q), so a latent
+    pixel's colour is the mean of its four sub-pixels. ComfyUI's latent previews (KSampler, the Train
+    node's attention preview) then show the world's colours."""
+
+    def __init__(self):
+        super().__init__()
+        self.latent_rgb_factors = [[0.25 if k // 4 == c else 0.0 for c in range(3)] for k in range(16)]
+        self.latent_rgb_factors_bias = [0.0, 0.0, 0.0]
+        self.taesd_decoder_name = None
+
+
+def world_flux(state_dict: dict[str, torch.Tensor]):
+    """The demo world's ModelPatcher: load_flux plus the world's latent previews."""
+    patcher = load_flux(state_dict)
+    patcher.model.latent_format = DemoWorldLatent()
+    return patcher
+
+
 def untrained_world(seed: int = 0):
     """(MODEL, CLIP, VAE) with seeded random weights: for tests that must not depend on trained files."""
-    return load_flux(init_flux_state_dict(seed)), make_clip(seed=seed), make_vae()
+    return world_flux(init_flux_state_dict(seed)), make_clip(seed=seed), make_vae()
 
 
 def load_world(directory: Path):
@@ -179,7 +200,7 @@ def load_world(directory: Path):
             "`python tools/train_demo_world.py` from the pack's folder (about an hour on two CPU cores).")
     flux_sd = {k: v.float() for k, v in comfy.utils.load_torch_file(str(directory / FLUX_FILE), safe_load=True).items()}
     text_sd = {k: v.float() for k, v in comfy.utils.load_torch_file(str(directory / TEXT_FILE), safe_load=True).items()}
-    return load_flux(flux_sd), make_clip(text_sd), make_vae()
+    return world_flux(flux_sd), make_clip(text_sd), make_vae()
 
 
 GUIDANCE = 3.5  # FluxGuidance's default

@@ -160,3 +160,21 @@ def test_missing_weights_say_how_to_train_them(executor, tmp_path):
     messages, _ = run(_stock_workflow(seed=1), tmp_path / "nowhere")
     errors = [d for e, d in messages if e == "execution_error"]
     assert errors and "train_demo_world.py" in errors[0]["exception_message"], errors
+
+
+def test_latent_previews_show_the_worlds_colours():
+    """The world's latent format turns a model-space latent into its picture's 2x2-averaged colours, so
+    ComfyUI's latent previews and the Train node's attention preview show what the world draws."""
+    import numpy as np
+    from eraseanything_core.demo_world.vae import pixels_to_model_space
+    from tests import comfy_host
+    visual = comfy_host.import_pack_module("nodes.visual")
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand((1, 3, 32, 32), generator=gen)  # [0, 1]
+    x0 = pixels_to_model_space(image * 2 - 1)[0]
+    picture = visual.latent_picture(x0, world_model.DemoWorldLatent())
+    expected = torch.nn.functional.avg_pool2d(image, 2)[0].permute(1, 2, 0).mul(255)
+    assert picture.size == (16, 16)
+    assert np.abs(np.asarray(picture, dtype=np.float32) - expected.numpy()).max() <= 1.0
+    patcher, _, _ = world_model.untrained_world(seed=0)
+    assert isinstance(patcher.model.latent_format, world_model.DemoWorldLatent)

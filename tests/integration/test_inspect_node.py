@@ -182,7 +182,7 @@ def test_image_and_vae_are_encoded_when_no_latent_is_connected(pack, tiny_flux, 
     with torch.inference_mode():
         grid, masks, _ = node.execute(tiny_flux, tiny_clip, PROMPT, "girl", image=image, vae=StubVAE(),
                                       **SETTINGS).result
-    assert masks.shape == (1, 64, 64) and grid.shape == (1, 64, 64, 3)
+    assert masks.shape == (1, 64, 64) and grid.shape == (1, 128, 128, 3)  # a small picture is shown 2x
     assert grid[0, -1, -1].mean() > 0.3  # the light image shows through the overlay (a grey one would not)
 
 

@@ -1,5 +1,5 @@
 // Drawing helpers for the live loss chart (canvas 2D only; exports functions, registers nothing).
-// Loss terms differ by orders of magnitude, so each line is scaled to its own min..max.
+// Loss terms differ by orders of magnitude, so each has its own small panel and scale.
 
 // Same colours as nodes/visual.py, so the live chart matches the loss_curve image.
 const COLOURS = { esd: "#e6550d", attn: "#3182bd", fm: "#31a354", fm_irrelevant: "#a1d99b", rsc: "#756bb1", total: "#dcdcdc" };
@@ -23,25 +23,58 @@ export function formatValue(v) {
   return Math.abs(v) >= 1e-3 && Math.abs(v) < 1e4 ? v.toPrecision(3) : v.toExponential(2);
 }
 
-function drawLine(ctx, points, term, plot, lastStep) {
-  const series = points.filter((p) => Number.isFinite(p.values[term]));
-  if (!series.length) return;
-  let lo = Infinity, hi = -Infinity;
-  for (const p of series) { lo = Math.min(lo, p.values[term]); hi = Math.max(hi, p.values[term]); }
-  const span = hi - lo || 1;
-  const x = (step) => plot.x + ((step - 1) / Math.max(1, lastStep - 1)) * plot.w;
-  const y = (v) => plot.y + plot.h - ((v - lo) / span) * plot.h;
-  ctx.strokeStyle = ctx.fillStyle = termColour(term);
-  ctx.lineWidth = 1.5;
-  ctx.beginPath();
-  series.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.step), y(p.values[term])));
-  ctx.stroke();
-  const last = series[series.length - 1];
-  ctx.fillRect(x(last.step) - 2, y(last.values[term]) - 2, 4, 4);
+export const EMA_ALPHA = 0.1; // smoothing of the bold line (the raw values are the faint one)
+
+// Exponential moving average of one term's finite values: [{step, raw, ema}].
+export function smoothed(points, term, alpha = EMA_ALPHA) {
+  const out = [];
+  let ema = null;
+  for (const p of points) {
+    const v = p.values[term];
+    if (!Number.isFinite(v)) continue;
+    ema = ema === null ? v : ema + alpha * (v - ema);
+    out.push({ step: p.step, raw: v, ema });
+  }
+  return out;
 }
 
-// Draws the chart into rect {x, y, w, h}; data: {points: [{step, phase, values}], total}.
-// Returns the plot area {x, y, w, h} (where the lines are), or null while there are no points.
+// One panel: the term's raw values (faint) and their EMA (bold), scaled to the panel's own min..max,
+// with the range written at the left edge and the term's last smoothed value at the right.
+function drawPanel(ctx, series, term, panel, lastStep) {
+  let lo = Infinity, hi = -Infinity;
+  for (const p of series) { lo = Math.min(lo, p.raw); hi = Math.max(hi, p.raw); }
+  const span = hi - lo || 1;
+  const x = (step) => panel.x + ((step - 1) / Math.max(1, lastStep - 1)) * panel.w;
+  const y = (v) => panel.y + panel.h - ((v - lo) / span) * panel.h;
+  ctx.strokeStyle = "#333";
+  ctx.strokeRect(panel.x, panel.y, panel.w, panel.h);
+  const colour = termColour(term);
+  ctx.strokeStyle = ctx.fillStyle = colour;
+  for (const [key, alpha, width] of [["raw", 0.35, 1], ["ema", 1, 2]]) {
+    ctx.globalAlpha = alpha;
+    ctx.lineWidth = width;
+    ctx.beginPath();
+    series.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.step), y(p[key])));
+    ctx.stroke();
+  }
+  ctx.globalAlpha = 1;
+  ctx.font = "9px sans-serif";
+  ctx.textAlign = "left";
+  ctx.fillStyle = "#888";
+  ctx.fillText(formatValue(hi), panel.x + 2, panel.y + 1);
+  ctx.textBaseline = "bottom";
+  ctx.fillText(formatValue(lo), panel.x + 2, panel.y + panel.h - 1);
+  ctx.textBaseline = "top";
+  ctx.textAlign = "right";
+  ctx.fillStyle = colour;
+  ctx.font = "10px sans-serif";
+  ctx.fillText(`${term} ${formatValue(series.at(-1).ema)}`, panel.x + panel.w - 2, panel.y + 1);
+  ctx.textAlign = "left";
+}
+
+// Draws the chart into rect {x, y, w, h}; data: {points: [{step, phase, values}], total, label, note}.
+// One small panel per loss term (they differ by orders of magnitude), a step axis under them.
+// Returns the area the panels cover {x, y, w, h}, or null while there are no points.
 export function drawLossChart(ctx, rect, data) {
   const { points, total } = data;
   ctx.save();
@@ -65,21 +98,23 @@ export function drawLossChart(ctx, rect, data) {
   const last = points[points.length - 1];
   const header = `step ${last.step} / ${total}  (${last.phase})` + (data.note ? `  ${data.note}` : "");
   ctx.fillText(header, rect.x + 8, rect.y + 6, rect.w - 16);
-  const terms = termsOf(points);
-  const legendRows = Math.ceil(terms.length / 3);
-  const plot = { x: rect.x + 8, y: rect.y + 22, w: rect.w - 16, h: rect.h - 30 - legendRows * 14 };
+  const terms = termsOf(points).map((t) => [t, smoothed(points, t)]).filter(([, s]) => s.length);
   const lastStep = Math.max(total, last.step);
-  for (const term of terms) drawLine(ctx, points, term, plot, lastStep);
-  // Legend: the last value of each term, in its colour, three per row.
-  const colW = (rect.w - 16) / 3;
-  terms.forEach((term, i) => {
-    const lastValue = [...points].reverse().find((p) => term in p.values)?.values[term];
-    ctx.fillStyle = termColour(term);
-    const lx = rect.x + 8 + (i % 3) * colW, ly = plot.y + plot.h + 4 + Math.floor(i / 3) * 14;
-    ctx.fillText(`${term} ${formatValue(lastValue)}`, lx, ly, colW - 4);
+  const area = { x: rect.x + 8, y: rect.y + 22, w: rect.w - 16, h: rect.h - 22 - 16 };
+  const gap = 3, ph = (area.h - gap * (terms.length - 1)) / Math.max(1, terms.length);
+  terms.forEach(([term, series], i) => {
+    drawPanel(ctx, series, term, { x: area.x, y: area.y + i * (ph + gap), w: area.w, h: ph }, lastStep);
   });
+  // Step axis: first, middle and last step of the run.
+  ctx.fillStyle = "#888";
+  ctx.font = "9px sans-serif";
+  const axisY = area.y + area.h + 3;
+  for (const [step, align] of [[1, "left"], [Math.round(lastStep / 2), "center"], [lastStep, "right"]]) {
+    ctx.textAlign = align;
+    ctx.fillText(String(step), area.x + ((step - 1) / Math.max(1, lastStep - 1)) * area.w, axisY);
+  }
   ctx.restore();
-  return plot;
+  return area;
 }
 
 // One line of caption text, e.g. naming what the attention preview below shows.
