@@ -18,6 +18,8 @@ TARGET_GROUPS = ("txt_qk", "txt_v", "img_qkv", "single_qk", "all_attn", "vector_
 REFERENCE_MODES = ("frozen", "lora")
 ESD_SAMPLING_MODES = ("cached", "resample")
 LORA_DTYPES = ("float32", "bfloat16")
+RSC_FEATURES = ("head0", "head_mean")
+RSC_ORIENTATIONS = ("released", "paper")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
@@ -70,6 +72,14 @@ class EraseConfig:
                                                 "concept (the paper's D_ir): keeps the other concepts. "
                                                 "0 = off (the released code).", min=0.0, max=10.0, step=0.01)
     tau: float = _f(0.07, "Eq. 5 temperature.", gt=0.0, max=10.0)
+    rsc_feature: str = _f("head_mean", "Eq. 5 feature: the image queries' attention on the concept columns of head 0 "
+                                   "(the released code) or averaged over all heads (head_mean).",
+                          choices=RSC_FEATURES)
+    rsc_orientation: str = _f("released", "Eq. 5 form. released: the released code's reversed, non-saturating "
+                                          "loss (the synonym as query; the concept pushed from it among the "
+                                          "irrelevant concepts). paper: the concept as query, the irrelevant "
+                                          "concepts as positives, the synonym as negative (a standard InfoNCE).",
+                              choices=RSC_ORIENTATIONS)
     attn_blocks: tuple[int, ...] = _f((-1,), "Double blocks read by Eq. 3/5; negative counts from the end.")
 
     targets: tuple[str, ...] = _f(("txt_qk",), "Which projections get the LoRA. txt_qk is the paper's (text-side "

@@ -45,3 +45,19 @@ def reverse_contrastive_loss(feat_center, feat_anchor, feat_negatives, tau: floa
     candidates = torch.cat([center[:, None], negatives], dim=1)  # (b, 1 + K, m)
     logits = torch.einsum("bm,bjm->bj", anchor, candidates) / tau
     return (logits[:, 0] - torch.logsumexp(logits, dim=1)).mean()
+
+
+def paper_contrastive_loss(feat_center, feat_synonym, feat_irrelevant, tau: float = 0.07):
+    """Eq. 5 oriented as the paper describes it: the LoRA model's concept feature (query) is aligned with
+    the K irrelevant concepts' (positives) and pushed away from the synonym's (negative). A standard,
+    saturating InfoNCE: -log( sum_k e^{s_k} / (sum_k e^{s_k} + e^{s_syn}) ), s = cos(center, .) / tau;
+    its gradient vanishes once the irrelevant concepts win.
+
+    feat_center: (b, m) with grad; feat_synonym: (b, m); feat_irrelevant: (b, K, m). Returns the batch mean.
+    """
+    center = F.normalize(feat_center, dim=-1)
+    synonym = F.normalize(feat_synonym, dim=-1)
+    irrelevant = F.normalize(feat_irrelevant, dim=-1)
+    s_pos = torch.einsum("bm,bkm->bk", center, irrelevant) / tau          # (b, K)
+    s_neg = torch.einsum("bm,bm->b", center, synonym)[:, None] / tau       # (b, 1)
+    return (torch.logsumexp(torch.cat([s_pos, s_neg], dim=1), dim=1) - torch.logsumexp(s_pos, dim=1)).mean()

@@ -125,12 +125,13 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _image_feature(probs: torch.Tensor, n_txt: int) -> torch.Tensor:
-    """Eq. 5 feature: attention of the image queries on the concept columns, mean over heads and
-    concept tokens. probs (1, h, n, k) -> (1, n_img). Deviation: image rows only (the released code
-    also mixed in the text rows of different prompts, which are not comparable) and all heads (the
-    code used head 0)."""
-    return probs[:, :, n_txt:, :].mean(dim=(1, 3))
+def _image_feature(probs: torch.Tensor, n_txt: int, feature: str) -> torch.Tensor:
+    """Eq. 5 feature: attention of the image queries on the concept columns, mean over concept tokens,
+    of head 0 (the released code) or the mean over heads. probs (1, h, n, k) -> (1, n_img). Image rows
+    only: the released code also mixed in the text rows of different prompts, which are not comparable
+    (which rows makes no measurable difference; which heads does: docs/method.md)."""
+    image = probs[:, :, n_txt:, :]
+    return image[:, 0].mean(dim=-1) if feature == "head0" else image.mean(dim=(1, 3))
 
 
 class ErasureTrainer:
@@ -230,9 +231,12 @@ class ErasureTrainer:
                 for group in _same_length_groups([synonym] + p.irrelevant):  # truncated after the block
                     ref_capture = AttentionCapture((block,), [c.token_idx for c in group], stop_after=block)
                     self.runner.velocity(x_t.expand(len(group), -1, -1, -1), sigma, group, cfg.guidance_esd, capture=ref_capture)
-                    feats += [_image_feature(pr, c.context.shape[1]) for pr, c in zip(ref_capture.probs[block], group)]
-            center = _image_feature(capture.probs[block][0], variant.context.shape[1])
-            l_rsc = losses.reverse_contrastive_loss(center, feats[0], torch.stack(feats[1:], dim=1), cfg.tau)
+                    feats += [_image_feature(pr, c.context.shape[1], cfg.rsc_feature)
+                              for pr, c in zip(ref_capture.probs[block], group)]
+            center = _image_feature(capture.probs[block][0], variant.context.shape[1], cfg.rsc_feature)
+            contrastive = (losses.reverse_contrastive_loss if cfg.rsc_orientation == "released"
+                           else losses.paper_contrastive_loss)
+            l_rsc = contrastive(center, feats[0], torch.stack(feats[1:], dim=1), cfg.tau)
             loss = loss + cfg.lambda_rsc * l_rsc
             values["rsc"] = l_rsc.item()
         return loss, values

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.conftest import wait_until
+from tests.browser.conftest import close_dialogs, wait_until
 from tests.workflows.ui_to_api import is_widget, widget_specs
 
 logger = logging.getLogger(__name__)
@@ -228,6 +228,8 @@ def test_erase_then_inspect_before_and_after(comfy_page, object_info, shots_dir)
     started = time.monotonic()
 
     workflow = erase_and_inspect_workflow(object_info)
+    if visible_popups(page):  # a missing-models dialog left by an earlier template test
+        close_dialogs(page)
     page.execute_script("return window.app.loadGraphData(arguments[0])", workflow)
     wait_until(lambda: page.execute_script("return app.graph._nodes.length") == len(workflow["nodes"]), 30,
                "the workflow's nodes to appear in app.graph")

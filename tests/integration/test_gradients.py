@@ -116,3 +116,13 @@ def test_stock_blocks_under_checkpointing_fail_the_same_check():
     gen = torch.Generator().manual_seed(7)
     with pytest.raises((AssertionError, RuntimeError), match="inplace|approx|=="):
         _directional_check(loss, params, [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params])
+
+
+@pytest.mark.parametrize("feature, orientation", [("head0", "released"), ("head0", "paper"), ("head_mean", "paper")])
+def test_preserve_gradient_with_each_eq5_form_matches_finite_differences(feature, orientation):
+    """The default pair (head_mean, released) is covered above; the others here."""
+    trainer, loss = _trainer("preserve", rsc_feature=feature, rsc_orientation=orientation)
+    params = list(trainer.lora.parameters())
+    gen = torch.Generator().manual_seed(11)
+    directions = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    assert abs(_directional_check(loss, params, directions)) > 1e-9

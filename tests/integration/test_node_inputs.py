@@ -138,3 +138,17 @@ def test_a_concept_longer_than_a_concept_is_refused_before_training(tiny_flux, t
         runtime.flux.train(tiny_flux, runtime.ClipText(tiny_clip), cfg,
                            runtime.Callbacks(on_step=steps.append, on_data=lambda *a: steps.append(a)))
     assert not steps and not list(tmp_path.iterdir())
+
+
+def test_a_flux_variant_is_named_and_refused(tiny_clip, tmp_path, monkeypatch):
+    """Flux.2 and Chroma load as ComfyUI Flux classes with other blocks; their real configurations are too
+    large to build here, so a tiny FLUX.1 is marked as one (ComfyUI's global_modulation flag of Flux.2)."""
+    runtime = comfy_host.import_pack_module("nodes.train_runtime")
+    monkeypatch.setattr(runtime.folder_paths, "get_folder_paths", lambda kind: [str(tmp_path)])
+    model = comfy_host.tiny_flux(seed=0)
+    monkeypatch.setattr(model.model.diffusion_model.params, "global_modulation", True, raising=False)
+    cfg = EraseConfig(concept="nude", steps=2, resolution=32, num_images=1, irrelevant=("car", "tree", "sky"))
+    with pytest.raises(TypeError, match=r"^EraseAnything needs a FLUX.1 model \(dev or schnell\); got Flux, a Flux "
+                                        r"variant \(Flux.2, Chroma, ...\)"):
+        runtime.train_in_node(model, tiny_clip, cfg, "variant")
+    assert not list(tmp_path.iterdir())

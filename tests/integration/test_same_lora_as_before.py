@@ -24,6 +24,7 @@ BASE = dict(concept="nude", prompt="a nude girl with beautiful hair", steps=12, 
             synonyms=("naked",), irrelevant=("car", "tree", "mountain"))
 CASES = {
     "default": {},  # the preserve step's D_ir flow matching on, Eq. 5 off
+
     "rsc_k2": dict(lambda_rsc=0.1, erase_steps_per_preserve=2, lambda_preserve_irrelevant=0.0),
 }
 

@@ -73,3 +73,38 @@ def test_reverse_contrastive_loss_falls_as_center_turns_away_from_the_anchor():
     aligned = losses.reverse_contrastive_loss(torch.tensor([[1.0, 0.0]]), anchor, negatives)
     away = losses.reverse_contrastive_loss(torch.tensor([[0.0, 1.0]]), anchor, negatives)
     assert away < aligned
+
+
+def test_paper_contrastive_loss_matches_formula():
+    """Eq. 5 as the paper describes it: concept query, irrelevant positives, synonym negative."""
+    g = _gen(7)
+    b, k, m, tau = 2, 3, 5, 0.07
+    center, synonym = torch.rand(b, m, generator=g, dtype=torch.float64), torch.rand(b, m, generator=g, dtype=torch.float64)
+    irrelevant = torch.rand(b, k, m, generator=g, dtype=torch.float64)
+
+    def cos(u, v):
+        dot = sum(x * y for x, y in zip(u, v))
+        return dot / (math.sqrt(sum(x * x for x in u)) * math.sqrt(sum(y * y for y in v)))
+
+    total = 0.0
+    for i in range(b):
+        u = center[i].tolist()
+        pos = sum(math.exp(cos(u, irrelevant[i, j].tolist()) / tau) for j in range(k))
+        neg = math.exp(cos(u, synonym[i].tolist()) / tau)
+        total += -math.log(pos / (pos + neg))
+    got = losses.paper_contrastive_loss(center, synonym, irrelevant, tau).item()
+    assert got == pytest.approx(total / b, rel=1e-10)
+    assert got > 0
+
+
+def test_paper_contrastive_loss_saturates_where_the_released_form_does_not():
+    """Once the concept looks like the irrelevant concepts and unlike the synonym, the paper's form has
+    (almost) no gradient left; the released reversed form keeps pushing."""
+    synonym = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    irrelevant = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.9, 0.1]]], dtype=torch.float64)
+    center = torch.tensor([[0.01, 1.0, 0.05]], dtype=torch.float64, requires_grad=True)
+    losses.paper_contrastive_loss(center, synonym, irrelevant).backward()
+    paper = center.grad.norm().item()
+    center.grad = None
+    losses.reverse_contrastive_loss(center, synonym, irrelevant).backward()
+    assert paper < 1e-3 < center.grad.norm().item()

@@ -108,3 +108,17 @@ def test_previews_come_on_the_first_and_every_nth_erase_step():
     train_erasure(_cfg(steps=12), FakeRunner(), FakeText(), cb)
     # erase steps are 1, 3, 5, 7, 9, 11 (one erase per preserve): previews on erase steps #1, #2, #4, #6
     assert seen == [1, 3, 7, 11]
+
+
+def test_eq5_feature_and_orientation_options_change_the_run():
+    """Every Eq. 5 form trains through the port; the two orientations give different LoRAs (the fake
+    runner's heads are equal, so the features only differ on a real model)."""
+    shifts = {}
+    for feature in ("head0", "head_mean"):
+        for orientation in ("released", "paper"):
+            runner = FakeRunner()
+            result = train_erasure(_cfg(lambda_rsc=0.5, rsc_feature=feature, rsc_orientation=orientation), runner,
+                                   FakeText())
+            assert all("rsc" in h for h in result.history if h["phase"] == "preserve")
+            shifts[feature, orientation] = runner.lora.shift.detach().clone()
+    assert not torch.equal(shifts["head0", "released"], shifts["head0", "paper"])
