@@ -43,12 +43,22 @@ _MARK = "\x00"  # where a concept was removed from a prompt
 
 @dataclass(frozen=True)
 class ConceptSet:
-    """The resolved words of one run. `prompt` draws the concept; `anchor` is the ESD c_0 (Eq. 2)."""
+    """The resolved words of one run. Each of `prompts` draws the concept; `anchors[i]` is the ESD c_0 of
+    `prompts[i]` (Eq. 2); `retain` are the prompts the preserve step distils from the frozen model."""
     concept: str
-    prompt: str
-    anchor: str
+    prompts: tuple[str, ...]
+    anchors: tuple[str, ...]
     synonyms: tuple[str, ...]
     irrelevant: tuple[str, ...]
+    retain: tuple[str, ...] = ()
+
+    @property
+    def prompt(self) -> str:
+        return self.prompts[0]
+
+    @property
+    def anchor(self) -> str:
+        return self.anchors[0]
 
 
 # --- Text helpers -----------------------------------------------------------------------------
@@ -164,6 +174,62 @@ def default_anchor(prompt: str, concept: str) -> str:
     if all(_kind(t) in ("func", "conj", "punct") for t in out):
         return ""
     return _join(out)
+
+
+def replace_concept(prompt: str, concept: str, word: str) -> str:
+    """The prompt with the concept replaced by `word` (an anchor or an irrelevant concept), case-insensitive
+    whole words: every occurrence of the phrase ("a red circle", "blue" -> "a blue circle"); else, when the
+    phrase is not contiguous, its first content word (the others removed); else every word that contains
+    the phrase. The prompt unchanged when the concept is not in it."""
+    concept, word = " ".join(concept.split()), " ".join(word.split())
+    spans = [m.span() for m in _phrase_regex(concept).finditer(prompt)]
+    if not spans:
+        spans = _concept_spans(prompt, concept)
+        words = [word] + [""] * (len(spans) - 1)
+    else:
+        words = [word] * len(spans)
+    if not spans:
+        spans = [m.span() for m in re.finditer(rf"\w*{re.escape(concept)}\w*", prompt, re.IGNORECASE)]
+        words = [word] * len(spans)
+    for (start, end), w in reversed(list(zip(spans, words))):
+        prompt = f"{prompt[:start]}{w}{prompt[end:]}"
+    return " ".join(prompt.split())
+
+
+def mentions(prompt: str, phrase: str) -> bool:
+    """Whether the phrase occurs in the prompt as whole words (case-insensitive)."""
+    return bool(phrase.strip()) and _phrase_regex(" ".join(phrase.split())).search(prompt) is not None
+
+
+def line_anchors(prompts: Sequence[str], concept: str, anchors: Sequence[str], anchor_word: str) -> tuple[str, ...]:
+    """One ESD anchor per prompt line: the anchor prompts as given (one for all lines, or one per line);
+    else each line with the concept replaced by `anchor_word`; else each line with the concept removed
+    (`default_anchor`)."""
+    if anchors:
+        return tuple(anchors) * len(prompts) if len(anchors) == 1 else tuple(anchors)
+    if anchor_word.strip():
+        return tuple(replace_concept(p, concept, anchor_word) for p in prompts)
+    return tuple(default_anchor(p, concept) for p in prompts)
+
+
+def retain_prompts(concept: str, synonyms: Sequence[str], prompts: Sequence[str], anchors: Sequence[str],
+                   irrelevant: Sequence[str], keep: Sequence[str]) -> tuple[str, ...]:
+    """The retain set: what the erasure must leave as the frozen model draws it. Every concept prompt with
+    the concept replaced by each irrelevant concept ("a red circle" -> "a green circle"), the anchor
+    prompts (each line with the concept replaced by the anchor), and the user's keep prompts; each once,
+    in that order. A built prompt that still names the concept or a synonym is left out (a warning says
+    which); a keep prompt that does raises ValueError."""
+    erased = (concept, *synonyms)
+    bad_keep = [k for k in keep if any(mentions(k, w) for w in erased)]
+    if bad_keep:
+        raise ValueError(f"keep: {bad_keep} names the concept {concept!r} or one of its synonyms {list(synonyms)}; "
+                         "a prompt to keep unchanged cannot contain what is erased. Remove the word from it, or "
+                         "remove the prompt.")
+    built = [replace_concept(p, concept, w) for p in prompts for w in irrelevant] + [a for a in anchors if a]
+    dropped = [b for b in built if any(mentions(b, w) for w in erased)]
+    if dropped:
+        logger.warning("retain set: left out %s, which still name %r or a synonym.", dropped, concept)
+    return _unique([b for b in built if b not in dropped] + list(keep))
 
 
 def surface_variants(concept: str) -> tuple[str, ...]:
@@ -297,22 +363,24 @@ def _pick_irrelevant(concept: str, synonyms: Sequence[str], k: int, similarity: 
 
 
 def resolve_concepts(cfg: EraseConfig, embed_pooled: Callable[[list[str]], torch.Tensor]) -> ConceptSet:
-    """Fill in what the user left automatic: anchor, synonyms and irrelevant concepts.
+    """Fill in what the user left automatic: anchors, synonyms, irrelevant concepts, and the retain set.
 
     Args:
-        cfg: the run's config. `cfg.anchor`, `cfg.synonyms` and `cfg.irrelevant` win when given
-            (synonyms equal to the concept are dropped).
+        cfg: the run's config. `cfg.anchor` / `cfg.anchor_word`, `cfg.synonyms` and `cfg.irrelevant` win
+            when given (synonyms equal to the concept are dropped).
         embed_pooled: texts -> (len(texts), dim) pooled text embeddings (in the pack: the loaded
             model's CLIP-L pooled output). Called at most twice, only when ranking is needed.
     Raises:
-        ValueError: the concept is not in the prompt, or an irrelevant concept is the concept or
-            one of its synonyms.
+        ValueError: the concept is not in a prompt line, an irrelevant concept is the concept or one of
+            its synonyms, or a keep prompt names the concept.
     """
-    concept, prompt = " ".join(cfg.concept.split()), cfg.concept_prompt
-    if not _concept_spans(prompt, concept, substrings=True):
-        raise ValueError(f"prompt: the concept {concept!r} does not appear in {prompt!r}. Write it into "
-                         "the prompt, or leave the prompt empty to use the concept alone.")
-    anchor = default_anchor(prompt, concept) if cfg.anchor is None else " ".join(cfg.anchor.split())
+    concept, prompts = " ".join(cfg.concept.split()), cfg.concept_prompts
+    for n, prompt in enumerate(prompts, 1):
+        if not _concept_spans(prompt, concept, substrings=True):
+            where = f"line {n} " if len(prompts) > 1 else ""
+            raise ValueError(f"prompt: the concept {concept!r} does not appear in {where}{prompt!r}. Write it into "
+                             "every prompt line, or leave the prompt empty to use built-in prompts around the concept.")
+    anchors = line_anchors(prompts, concept, cfg.anchor_prompts, cfg.anchor_word)
     similarity = _Similarity(embed_pooled)
     synonyms = tuple(s for s in _unique(cfg.synonyms) if _norm(s) != _norm(concept))
     synonyms = synonyms or _auto_synonyms(concept, similarity)
@@ -322,8 +390,13 @@ def resolve_concepts(cfg: EraseConfig, embed_pooled: Callable[[list[str]], torch
         raise ValueError(f"irrelevant: {clash} is the concept or one of its synonyms; remove it, or "
                          "leave irrelevant empty to choose automatically.")
     irrelevant = irrelevant or _pick_irrelevant(concept, synonyms, cfg.num_irrelevant, similarity, cfg.seed)
-    logger.debug("concepts: anchor=%r synonyms=%s irrelevant=%s", anchor, synonyms, irrelevant)
-    return ConceptSet(concept=concept, prompt=prompt, anchor=anchor, synonyms=synonyms, irrelevant=irrelevant)
+    keep = _unique(cfg.keep)
+    retain = retain_prompts(concept, synonyms, prompts, anchors, irrelevant, keep) if cfg.lambda_retain > 0 else ()
+    if cfg.lambda_retain <= 0 and keep:
+        logger.warning("keep prompts %s are not used: lambda_retain is 0.", list(keep))
+    logger.debug("concepts: anchors=%r synonyms=%s irrelevant=%s retain=%s", anchors, synonyms, irrelevant, retain)
+    return ConceptSet(concept=concept, prompts=prompts, anchors=anchors, synonyms=synonyms, irrelevant=irrelevant,
+                      retain=retain)
 
 
 # --- Concept token positions (Eq. 3 and Eq. 5 read these key columns) -------------------------

@@ -4,11 +4,13 @@ The node inputs are built from the field metadata (nodes/schema.py): `help` beco
 `min` / `max` / `step` the widget's range, `choices` a combo. `__post_init__` enforces the same ranges,
 so a workflow JSON, an API call or a script gets the same refusal as the UI.
 
-Defaults are the released code's (docs/method.md), except two loss weights of the preserve step:
-Eq. 5 is off (`lambda_rsc` 0; the released code's 0.1, with its padding-column bug fixed, stopped the
-erasure of two of the demo world's three targets) and the irrelevant concepts are kept by flow matching
-on their own samples (the paper's D_ir; `lambda_preserve_irrelevant` 1). Both are measured in
-tests/benchmarks/RESULTS.md and explained in docs/method.md.
+Two presets (`PRESETS`): `paper` is the released code's weights with its bugs fixed (one prompt, Eq. 5
+on head 0 at 0.1, Eq. 4 at 0.1, no retain set); `default` is what measures best here
+(tests/benchmarks/RESULTS.md, "Specificity"): Eq. 5 off and the preserve step distilling the frozen
+model's velocity on a retain set (every concept prompt with the concept replaced by each irrelevant
+concept and by the anchor, plus the anchor prompts and the user's keep prompts). A field left at its
+default takes the preset's value; a field set to anything else wins. docs/method.md says why, with the
+measurements.
 """
 
 import math
@@ -20,6 +22,8 @@ ESD_SAMPLING_MODES = ("cached", "resample")
 LORA_DTYPES = ("float32", "bfloat16")
 RSC_FEATURES = ("head0", "head_mean")
 RSC_ORIENTATIONS = ("released", "paper")
+SIGMA_SCHEDULES = ("model", "uniform")
+PRESET_NAMES = ("default", "paper")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
@@ -33,15 +37,25 @@ def _f(default, help: str, **limits):
 @dataclass(frozen=True)
 class EraseConfig:
     concept: str = field(metadata={"help": "The word or phrase to erase, e.g. 'nude', 'Van Gogh', 'parachute'."})
-    prompt: str = _f("", "A prompt that draws the concept. Empty: the concept itself.")
-    anchor: str | None = _f(None, "What the concept should turn into (ESD anchor). Empty: the prompt without the concept words.")
+    prompt: str = _f("", "Prompts that draw the concept, one per line ('a red circle', 'a red square'); each line gets its "
+                         "own anchor and its own concept images. Empty: a few built-in templates around the concept "
+                         "('a photo of <concept>', ...).")
+    anchor: str | None = _f(None, "What the concept should turn into (ESD anchor, Eq. 2), as whole prompts: one for "
+                                  "all prompt lines ('a blue shape'), or one per prompt line. Empty: each prompt line "
+                                  "with the concept replaced by anchor_word, or removed when anchor_word is empty.")
+    anchor_word: str = _f("", "A word or phrase that replaces the concept in every prompt line to give that line's "
+                              "anchor: 'blue' for 'red' turns 'a red circle' into 'a blue circle'. Use it or anchor "
+                              "prompts, not both.")
     synonyms: tuple[str, ...] = _f((), "Other words for the concept, one per line or comma-separated. Empty: automatic.")
     irrelevant: tuple[str, ...] = _f((), "Unrelated concepts to keep intact, one per line or comma-separated. "
                                          "Empty: automatic (3 at graded distance).")
+    keep: tuple[str, ...] = _f((), "Prompts the erasure must not change, one per line (e.g. 'a portrait of a woman'); "
+                                   "they join the retain set. They must not contain the concept.")
     num_irrelevant: int = _f(3, "K, the number of irrelevant concepts chosen automatically.", min=1, max=8)
 
-    steps: int = _f(200, "Optimizer steps, alternating erase and preserve (paper: 200).", min=1, max=10000)
-    learning_rate: float = _f(1e-3, "AdamW learning rate, constant (paper: 1e-3). Must be above 0.",
+    steps: int = _f(300, "Optimizer steps, alternating erase and preserve (paper preset: 200; the released code "
+                         "uses 300 for concepts other than nudity).", min=1, max=10000)
+    learning_rate: float = _f(2e-3, "AdamW learning rate, constant (paper preset: 1e-3). Must be above 0.",
                               gt=0.0, max=1.0, step=0.0001)
     weight_decay: float = _f(1e-5, "AdamW weight decay (released code: 1e-5).", min=0.0, max=1.0)
     rank: int = _f(8, "LoRA rank (alpha = rank). Paper: 8.", min=1, max=128)
@@ -50,7 +64,8 @@ class EraseConfig:
 
     resolution: int = _f(512, "Side in pixels of the concept images the model draws for training.",
                          min=16, max=2048, step=16)
-    num_images: int = _f(8, "Concept images sampled once from the frozen model.", min=1, max=64)
+    num_images: int = _f(12, "Concept images sampled once from the frozen model, shared among the prompt lines "
+                             "(paper preset: 8).", min=1, max=64)
     sample_steps: int = _f(28, "Euler steps of the concept trajectories.", min=2, max=200)
     esd_sampling: str = _f("cached", "cached: sample concept trajectories once (fast). resample: sample till t "
                                      "with the current model every erase step (original ESD, ~10x slower).",
@@ -63,16 +78,24 @@ class EraseConfig:
     lambda_esd: float = _f(1.0, "Weight of the ESD negative-guidance loss (Eq. 2).", min=0.0, max=100.0, step=0.01)
     lambda_attn: float = _f(1e-3, "Weight of the attention-attenuation loss on the concept tokens (Eq. 3).",
                             min=0.0, max=10.0, step=0.0001)
-    lambda_fm: float = _f(0.1, "Weight of the flow-matching preservation loss on the concept images (Eq. 4).",
+    lambda_fm: float = _f(0.0, "Weight of the flow-matching loss on the concept images with the concept prompt "
+                               "(Eq. 4; paper preset: 0.1). Off by default: it trains the model to keep drawing "
+                               "the concept, which the retain set does better for everything else.",
                           min=0.0, max=10.0, step=0.01)
-    lambda_rsc: float = _f(0.0, "Weight of the reverse self-contrastive loss (Eq. 5). The released code's 0.1 "
-                                "stopped the erasure of two of three targets in our measurements "
-                                "(docs/method.md), so it is off by default.", min=0.0, max=10.0, step=0.01)
-    lambda_preserve_irrelevant: float = _f(1.0, "Weight of flow matching on one frozen sample per irrelevant "
-                                                "concept (the paper's D_ir): keeps the other concepts. "
-                                                "0 = off (the released code).", min=0.0, max=10.0, step=0.01)
+    lambda_rsc: float = _f(0.0, "Weight of the reverse self-contrastive loss (Eq. 5); the paper preset uses 0.1 on "
+                                "head 0. Off by default: with the feature averaged over heads it stopped the "
+                                "erasure, and on head 0 it erased but kept less of the other concepts than the "
+                                "retain set (docs/method.md).", min=0.0, max=10.0, step=0.01)
+    lambda_retain: float = _f(3.0, "Weight of distillation on the retain set: the LoRA model's velocity is matched "
+                                   "to the frozen model's at states of the retain prompts' own trajectories (each "
+                                   "prompt line with the concept replaced by each irrelevant concept and by the "
+                                   "anchor, the anchor prompts, the keep prompts). 0 = off.",
+                           min=0.0, max=100.0, step=0.1)
+    lambda_preserve_irrelevant: float = _f(0.0, "Weight of flow matching on one frozen sample per irrelevant "
+                                                "concept (the paper's D_ir; the default before the retain set). "
+                                                "0 = off.", min=0.0, max=10.0, step=0.01)
     tau: float = _f(0.07, "Eq. 5 temperature.", gt=0.0, max=10.0)
-    rsc_feature: str = _f("head_mean", "Eq. 5 feature: the image queries' attention on the concept columns of head 0 "
+    rsc_feature: str = _f("head0", "Eq. 5 feature: the image queries' attention on the concept columns of head 0 "
                                    "(the released code) or averaged over all heads (head_mean).",
                           choices=RSC_FEATURES)
     rsc_orientation: str = _f("released", "Eq. 5 form. released: the released code's reversed, non-saturating "
@@ -80,6 +103,10 @@ class EraseConfig:
                                           "irrelevant concepts). paper: the concept as query, the irrelevant "
                                           "concepts as positives, the synonym as negative (a standard InfoNCE).",
                               choices=RSC_ORIENTATIONS)
+    sigma_schedule: str = _f("model", "Noise levels of the concept and retain trajectories, where training draws its "
+                                      "states: the model's own sampling schedule (model; FLUX's is shifted toward "
+                                      "high noise) or evenly spaced from 1 to 0 (uniform, as the released code draws t).",
+                             choices=SIGMA_SCHEDULES)
     attn_blocks: tuple[int, ...] = _f((-1,), "Double blocks read by Eq. 3/5; negative counts from the end.")
 
     targets: tuple[str, ...] = _f(("txt_qk",), "Which projections get the LoRA. txt_qk is the paper's (text-side "
@@ -95,7 +122,12 @@ class EraseConfig:
     shuffle_p: float = _f(0.9, "Word shuffle probability of the prompt augmentation (released code).", min=0.0, max=1.0)
     synonym_swap_p: float = _f(0.5, "Synonym replacement probability of the prompt augmentation (released code).",
                                min=0.0, max=1.0)
-    prompt_variants: int = _f(16, "Augmented concept prompts encoded up front.", min=1, max=256)
+    prompt_variants: int = _f(16, "Augmented concept prompts encoded up front (shared among the prompt lines).",
+                              min=1, max=256)
+    preset: str = _f("default", "default: what measured best here (retain-set distillation, Eq. 5 off). paper: the "
+                                "released code's weights with its bugs fixed (Eq. 5 on head 0 at 0.1, Eq. 4 at 0.1, "
+                                "no retain set). Fields left at their default take the preset's value; fields you "
+                                "change win.", choices=PRESET_NAMES)
 
     def __post_init__(self):
         concept = (self.concept or "").strip()
@@ -106,6 +138,15 @@ class EraseConfig:
                              "e.g. 'fire' rather than an emoji.")
         for f in fields(self):
             _check_limits(f.name, getattr(self, f.name), f.metadata)
+        for name, value in PRESETS[self.preset].items():  # frozen: set once, here
+            if getattr(self, name) == _DEFAULTS[name]:
+                object.__setattr__(self, name, value)
+        if self.anchor_word.strip() and (self.anchor or "").strip():
+            raise ValueError("anchor and anchor_word are both set: give anchor prompts or an anchor word, not both.")
+        anchors = len(self.anchor_prompts)
+        if anchors > 1 and anchors != len(self.concept_prompts):
+            raise ValueError(f"anchor has {anchors} lines for {len(self.concept_prompts)} prompt lines: give one "
+                             "anchor prompt for all lines, or one per prompt line.")
         if self.resolution % 16:
             raise ValueError(f"resolution must be a multiple of 16 (VAE x8, patch x2), got {self.resolution}.")
         if not self.targets:
@@ -114,14 +155,38 @@ class EraseConfig:
             raise ValueError("attn_blocks is empty: name at least one double block, e.g. (-1,) for the last.")
 
     @property
-    def concept_prompt(self) -> str:
-        return self.prompt.strip() or self.concept.strip()
+    def concept_prompts(self) -> tuple[str, ...]:
+        """The prompt lines, or the built-in templates around the concept when there are none."""
+        lines = _lines(self.prompt)
+        concept = " ".join(self.concept.split())
+        return lines or tuple(t.format(concept) for t in DEFAULT_PROMPT_TEMPLATES)
+
+    @property
+    def anchor_prompts(self) -> tuple[str, ...]:
+        return _lines(self.anchor or "")
 
     def to_metadata(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def replace(self, **changes) -> "EraseConfig":
         return EraseConfig(**{**asdict(self), **changes})
+
+
+# Prompts around the concept when the user gives none: offline, deterministic, a few plain contexts.
+DEFAULT_PROMPT_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "a close-up picture of {}")
+
+# What each preset sets; `default` is the field defaults themselves.
+PRESETS = {
+    "default": {},
+    "paper": dict(steps=200, learning_rate=1e-3, num_images=8, lambda_rsc=0.1, rsc_feature="head0",
+                  rsc_orientation="released", lambda_fm=0.1, lambda_retain=0.0, lambda_preserve_irrelevant=0.0),
+}
+_DEFAULTS = {f.name: f.default for f in fields(EraseConfig)}
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    """One item per non-empty line, whitespace collapsed (a prompt may contain commas)."""
+    return tuple(" ".join(line.split()) for line in (text or "").splitlines() if line.strip())
 
 
 def _check_limits(name: str, value, limits: dict):

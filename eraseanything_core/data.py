@@ -22,6 +22,8 @@ class Trajectories:
     sigmas: torch.Tensor  # (steps + 1,): sigma of each state, ending at 0
     velocity: torch.Tensor | None = None  # (num_images, steps, c, h, w): frozen concept velocity at x_t[i, j];
                                           # None when the states are noised user latents, not sampler states
+    prompt_idx: torch.Tensor | None = None  # (num_images,) int64: the prompt each trajectory was sampled with
+                                            # (None: all one prompt)
 
     @property
     def num_images(self) -> int:
@@ -64,6 +66,22 @@ def sample_trajectories(velocity: Callable[[torch.Tensor, float], torch.Tensor],
         finals.append(x0.to("cpu", store_dtype))
     return Trajectories(x_t=torch.cat(states), x0=torch.cat(finals), noise=noise.to("cpu", store_dtype),
                         sigmas=sigmas.to("cpu", torch.float32), velocity=torch.cat(velocities))
+
+
+def concat(parts: list[Trajectories]) -> Trajectories:
+    """Trajectories of several prompts, in order, as one set; prompt_idx says which part each came from."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
+    prompt_idx = torch.cat([torch.full((p.num_images,), k, dtype=torch.long) for k, p in enumerate(parts)])
+    return Trajectories(x_t=cat("x_t"), x0=cat("x0"), noise=cat("noise"), sigmas=parts[0].sigmas,
+                        velocity=cat("velocity"), prompt_idx=prompt_idx)
+
+
+def uniform_sigmas(steps: int) -> torch.Tensor:
+    """steps + 1 noise levels evenly spaced from 1 to 0: states drawn from it are uniform in sigma, as the
+    released code draws t ~ U[0, 1)."""
+    return torch.linspace(1.0, 0.0, steps + 1)
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:

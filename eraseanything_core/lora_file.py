@@ -158,8 +158,11 @@ def describe_metadata(metadata: dict[str, str]) -> str:
     config = info.get("config") if isinstance(info.get("config"), dict) else {}
     parts = []
     if config.get("concept"):
-        anchor = f" (anchor {config['anchor']!r})" if config.get("anchor") else ""
+        anchor = (f" (anchor {config['anchor']!r})" if config.get("anchor") else
+                  f" (anchor word {config['anchor_word']!r})" if config.get("anchor_word") else "")
         parts.append(f"erases {config['concept']!r}{anchor}")
+    if config.get("preset"):
+        parts.append(f"preset {config['preset']}")
     for key, label in (("steps", "steps"), ("seed", "seed"), ("rank", "rank")):
         if config.get(key) is not None:
             parts.append(f"{config[key]} {label}" if key == "steps" else f"{label} {config[key]}")

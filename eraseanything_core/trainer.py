@@ -1,9 +1,11 @@
 """The bi-level loop of EraseAnything: alternating erase and preserve steps on one LoRA (Algorithm 1).
 
-erase    (the paper's lower level): Eq. 2 ESD negative guidance + Eq. 3 attention attenuation
-preserve (the paper's upper level): Eq. 4 flow matching on the concept latents and on one frozen sample
-         per irrelevant concept (D_ir) + Eq. 5 reverse self-contrastive loss against a synonym and K
-         irrelevant concepts (weight 0 by default: docs/method.md)
+erase    (the paper's lower level): Eq. 2 ESD negative guidance + Eq. 3 attention attenuation, on a state
+         of one concept prompt's trajectory, with that prompt's anchor and token columns
+preserve (the paper's upper level): Eq. 4 flow matching on the concept latents, distillation of the
+         frozen model's velocity on the retain set (stored on the retain prompts' own trajectories),
+         optionally flow matching on one frozen sample per irrelevant concept (D_ir) and Eq. 5 reverse
+         self-contrastive loss against a synonym and K irrelevant concepts (weights: config.py's presets)
 
 As in the released code, the two levels are single alternating steps of one AdamW (there is no
 nested optimisation); `erase_steps_per_preserve` = k runs k erase steps per preserve step. Every
@@ -21,7 +23,8 @@ import torch
 from . import losses
 from .concepts import ConceptSet, augment_prompt, resolve_concepts
 from .config import EraseConfig
-from .data import Trajectories, euler_sample, noised, sample_trajectories, trajectories_from_latents
+from .data import (Trajectories, concat, euler_sample, noised, sample_trajectories, trajectories_from_latents,
+                   uniform_sigmas)
 from .runner import AttentionCapture, Runner, TextCond, TextEncoder, block_index, token_grid
 
 log = logging.getLogger(__name__)
@@ -74,12 +77,27 @@ class DataProgress:
 
 
 @dataclass
+class ConceptPrompt:
+    """One line of the prompt input, encoded."""
+    cond: TextCond                     # the line as typed
+    variants: list[TextCond]           # the line, then augmented rewordings, each with its own token positions
+    anchor: TextCond                   # this line's ESD anchor c_0 (Eq. 2)
+
+
+@dataclass
 class Prompts:
-    concept: TextCond                  # the unaugmented concept prompt
-    variants: list[TextCond]           # augmented concept prompts, each with its own token positions
-    anchor: TextCond
+    lines: list[ConceptPrompt]
     synonyms: list[TextCond]
     irrelevant: list[TextCond]
+    retain: list[TextCond] = field(default_factory=list)  # distilled from the frozen model in the preserve step
+
+    @property
+    def concept(self) -> TextCond:
+        return self.lines[0].cond
+
+    @property
+    def anchor(self) -> TextCond:
+        return self.lines[0].anchor
 
 
 @dataclass
@@ -93,16 +111,21 @@ class TrainResult:
 
 
 def encode_prompts(cfg: EraseConfig, concepts: ConceptSet, text: TextEncoder) -> Prompts:
-    """Every prompt the run needs, encoded once up front, so the text encoders can leave the GPU."""
+    """Every prompt the run needs, encoded once up front, so the text encoders can leave the GPU. The
+    prompt_variants are shared among the lines (each line gets at least itself)."""
     rng = random.Random(cfg.seed)
-    variants = [text.encode(concepts.prompt, concepts.concept)]
-    for _ in range(cfg.prompt_variants - 1):
-        augmented, word = augment_prompt(concepts.prompt, concepts.concept, concepts.synonyms, rng,
-                                         cfg.shuffle_p, cfg.synonym_swap_p)
-        variants.append(text.encode(augmented, word))
-    return Prompts(concept=variants[0], variants=variants, anchor=text.encode(concepts.anchor, None),
-                   synonyms=[text.encode(s, s) for s in concepts.synonyms],
-                   irrelevant=[text.encode(w, w) for w in concepts.irrelevant])
+    per_line = max(1, -(-cfg.prompt_variants // len(concepts.prompts)))
+    lines = []
+    for prompt, anchor in zip(concepts.prompts, concepts.anchors):
+        variants = [text.encode(prompt, concepts.concept)]
+        for _ in range(per_line - 1):
+            augmented, word = augment_prompt(prompt, concepts.concept, concepts.synonyms, rng,
+                                             cfg.shuffle_p, cfg.synonym_swap_p)
+            variants.append(text.encode(augmented, word))
+        lines.append(ConceptPrompt(variants[0], variants, text.encode(anchor, None)))
+    return Prompts(lines=lines, synonyms=[text.encode(s, s) for s in concepts.synonyms],
+                   irrelevant=[text.encode(w, w) for w in concepts.irrelevant],
+                   retain=[text.encode(r, None) for r in concepts.retain])
 
 
 def _attn_block_indices(cfg: EraseConfig, depth: int) -> tuple[int, ...]:
@@ -136,9 +159,11 @@ def _image_feature(probs: torch.Tensor, n_txt: int, feature: str) -> torch.Tenso
 
 class ErasureTrainer:
     def __init__(self, cfg: EraseConfig, runner: Runner, prompts: Prompts, trajectories: Trajectories,
-                 callbacks: Callbacks | None = None, irrelevant_x0: torch.Tensor | None = None):
+                 callbacks: Callbacks | None = None, irrelevant_x0: torch.Tensor | None = None,
+                 retain: Trajectories | None = None):
         self.cfg, self.runner, self.prompts, self.traj = cfg, runner, prompts, trajectories
         self.irrelevant_x0 = irrelevant_x0  # (K, c, h, w), one frozen sample per irrelevant concept
+        self.retain = retain  # one frozen trajectory per retain prompt, with its velocities
         self.lora = runner.lora
         self.callbacks = callbacks or Callbacks()
         self.blocks = _attn_block_indices(cfg, runner.double_blocks)
@@ -152,13 +177,18 @@ class ErasureTrainer:
         """Frozen model (paper, ESD) or current LoRA model without grad (released code)."""
         return self.lora.disabled() if self.cfg.reference == "frozen" else torch.no_grad()
 
+    def _line(self, i: int) -> ConceptPrompt:
+        """The prompt line whose trajectory i is."""
+        idx = self.traj.prompt_idx
+        return self.prompts.lines[0 if idx is None else int(idx[i])]
+
     def _esd_state(self, i: int, j: int) -> torch.Tensor:
         if self.cfg.esd_sampling == "cached":
             return self.traj.x_t[i, j][None]
         # Original ESD: sample the concept till step j with the current model, from fresh noise.
         noise = torch.randn(self.traj.noise[:1].shape, generator=self.gen)
         with torch.no_grad():
-            return euler_sample(lambda x, s: self.runner.velocity(x, s, [self.prompts.concept], self.cfg.guidance_esd),
+            return euler_sample(lambda x, s: self.runner.velocity(x, s, [self._line(i).cond], self.cfg.guidance_esd),
                                 noise.to(self.runner.device), self.traj.sigmas, until=j)
 
     def _stored_concept_velocity(self, i: int, j: int) -> torch.Tensor | None:
@@ -174,10 +204,11 @@ class ErasureTrainer:
         cfg, p = self.cfg, self.prompts
         i, j = self.rng.randrange(self.traj.num_images), self.rng.randrange(self.traj.steps)
         sigma = float(self.traj.sigmas[j])
-        variant = self.rng.choice(p.variants)
+        line = self._line(i)  # the prompt this state was sampled with: its rewording, anchor and columns
+        variant = self.rng.choice(line.variants)
         x_t = self._esd_state(i, j).to(self.runner.device)
         stored = self._stored_concept_velocity(i, j)
-        refs = [p.anchor] + ([variant] if stored is None else [])
+        refs = [line.anchor] + ([variant] if stored is None else [])
         with torch.no_grad(), self._references():
             v_refs = [v for group in _same_length_groups(refs) for v in
                       self.runner.velocity(x_t.expand(len(group), -1, -1, -1), sigma, group, cfg.guidance_esd).split(1)]
@@ -200,7 +231,7 @@ class ErasureTrainer:
         x0 = self.traj.x0[i][None]
         noise = torch.randn(x0.shape, generator=self.gen, dtype=torch.float64).to(x0.dtype)
         x_t = noised(x0, noise, sigma).to(self.runner.device)
-        variant = self.rng.choice(p.variants)
+        variant = self.rng.choice(self._line(i).variants)
         values, irrelevant_term = {}, 0.0
         if cfg.lambda_preserve_irrelevant > 0 and self.irrelevant_x0 is not None:
             # Keep the irrelevant concepts: flow matching on the frozen model's samples of them (D_ir).
@@ -218,13 +249,20 @@ class ErasureTrainer:
                 self.runner.count_backward()
             irrelevant_term = cfg.lambda_preserve_irrelevant * l_irr.detach()
             values["fm_irrelevant"] = l_irr.item()
+        if cfg.lambda_retain > 0 and self.retain is not None:
+            l_retain = self._retain_distillation()
+            irrelevant_term = irrelevant_term + cfg.lambda_retain * l_retain
+            values["retain"] = l_retain.item()
+        rsc = cfg.lambda_rsc > 0 and p.synonyms and p.irrelevant
+        if cfg.lambda_fm <= 0 and not rsc:  # the concept's forward serves Eq. 4 and Eq. 5 only
+            return torch.as_tensor(irrelevant_term), values  # already backpropagated
         block = self.blocks[-1]
         capture = AttentionCapture((block,), [variant.token_idx])
         v_lora = self.runner.velocity(x_t, sigma, [variant], cfg.guidance_train, capture=capture)
         l_fm = losses.flow_matching_loss(_wide(v_lora), _wide(noise.to(v_lora.device)), _wide(x0.to(v_lora.device)))
         values["fm"] = l_fm.item()
         loss = cfg.lambda_fm * l_fm + irrelevant_term
-        if cfg.lambda_rsc > 0 and p.synonyms and p.irrelevant:
+        if rsc:
             synonym = self.rng.choice(p.synonyms)
             feats = []
             with torch.no_grad(), self._references():
@@ -240,6 +278,21 @@ class ErasureTrainer:
             loss = loss + cfg.lambda_rsc * l_rsc
             values["rsc"] = l_rsc.item()
         return loss, values
+
+    def _retain_distillation(self) -> torch.Tensor:
+        """Keep the retain set as the frozen model draws it: || v_lora(x_t, r) - v_frozen(x_t, r) ||^2 at a
+        state x_t of retain prompt r's own frozen trajectory, v_frozen stored by the sampler that made the
+        state (no reference pass). Backpropagated here, like the D_ir term; returns the detached value."""
+        r, j = self.rng.randrange(self.retain.num_images), self.rng.randrange(self.retain.steps)
+        x_t = self.retain.x_t[r, j][None].to(self.runner.device)
+        v_frozen_retain = self.retain.velocity[r, j][None].to(self.runner.device)
+        v_lora_retain = self.runner.velocity(x_t, float(self.retain.sigmas[j]), [self.prompts.retain[r]],
+                                             self.cfg.guidance_esd)  # the guidance the frozen sampler used
+        l_retain = torch.nn.functional.mse_loss(_wide(v_lora_retain), _wide(v_frozen_retain))
+        if l_retain.requires_grad:
+            (self.cfg.lambda_retain * l_retain).backward()
+            self.runner.count_backward()
+        return l_retain.detach()
 
     def _concept_map(self) -> torch.Tensor:
         """Where the image queries of the last erase step looked at the concept: (h_tok, w_tok) in [0, 1]."""
@@ -260,8 +313,9 @@ class ErasureTrainer:
             values["total"] = loss.item()
             if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
                 raise NonFiniteLossError(step, values)
-            loss.backward()
-            self.runner.count_backward()
+            if loss.requires_grad:  # a preserve step without Eq. 4 / 5 has backpropagated its terms itself
+                loss.backward()
+                self.runner.count_backward()
             grads_finite = all(torch.isfinite(q.grad).all() for q in self.lora.parameters() if q.grad is not None)
             if not grads_finite:
                 raise NonFiniteLossError(step, {**values, "grad": float("nan")})
@@ -277,33 +331,82 @@ class ErasureTrainer:
         return self.history
 
 
-CONCEPT_SAMPLE_BATCH = 4  # concept trajectories sampled per batch
+CONCEPT_SAMPLE_BATCH = 4  # trajectories sampled per batch
 
 
-def data_passes(cfg: EraseConfig, n_irrelevant: int, user_latents: bool) -> int:
+def images_per_line(cfg: EraseConfig, lines: int) -> list[int]:
+    """How many of the num_images concept images each prompt line gets: an even split, at least one each."""
+    return [max(1, cfg.num_images // lines + (k < cfg.num_images % lines)) for k in range(lines)]
+
+
+def _batches(counts: list[int]) -> int:
+    return sum(-(-n // CONCEPT_SAMPLE_BATCH) for n in counts)
+
+
+def data_passes(cfg: EraseConfig, prompts: Prompts, user_latents: bool) -> int:
     """Sampling calls of data generation (each a batch): what DataProgress counts to."""
-    concept = 0 if user_latents else -(-cfg.num_images // CONCEPT_SAMPLE_BATCH) * cfg.sample_steps
-    irrelevant = cfg.sample_steps if cfg.lambda_preserve_irrelevant > 0 and n_irrelevant else 0
-    return concept + irrelevant
+    concept = 0 if user_latents else _batches(images_per_line(cfg, len(prompts.lines))) * cfg.sample_steps
+    irrelevant = cfg.sample_steps if cfg.lambda_preserve_irrelevant > 0 and prompts.irrelevant else 0
+    retain = _batches([len(g) for g in _same_length_groups(prompts.retain)]) if cfg.lambda_retain > 0 else 0
+    return concept + irrelevant + retain * cfg.sample_steps
+
+
+def data_sigmas(cfg: EraseConfig, runner: Runner) -> torch.Tensor:
+    return uniform_sigmas(cfg.sample_steps) if cfg.sigma_schedule == "uniform" else runner.sigmas(cfg.sample_steps)
 
 
 def prepare_data(cfg: EraseConfig, runner: Runner, prompts: Prompts,
                  concept_latents: torch.Tensor | None = None, progress: DataProgress | None = None) -> Trajectories:
-    """The concept latents D_un with their trajectories, sampled once by the frozen model, or built by
-    noising latents the user supplied (model space, (n, c, h, w))."""
+    """The concept latents D_un with their trajectories, sampled once by the frozen model, each prompt line
+    its share of num_images; or built by noising latents the user supplied (model space, (n, c, h, w))."""
     if concept_latents is not None:
         gen = torch.Generator().manual_seed(cfg.seed)
-        return trajectories_from_latents(concept_latents.to("cpu", runner.dtype), runner.sigmas(cfg.sample_steps), gen)
+        traj = trajectories_from_latents(concept_latents.to("cpu", runner.dtype), data_sigmas(cfg, runner), gen)
+        if len(prompts.lines) > 1:  # latent i goes with prompt line i mod lines
+            traj.prompt_idx = torch.arange(traj.num_images) % len(prompts.lines)
+        return traj
     side = cfg.resolution // 8
+    counts = images_per_line(cfg, len(prompts.lines))
     gen = torch.Generator().manual_seed(cfg.seed)
-    noise = torch.randn((cfg.num_images, runner.latent_channels, side, side), generator=gen)
-    sigmas = runner.sigmas(cfg.sample_steps)
+    noise = torch.randn((sum(counts), runner.latent_channels, side, side), generator=gen)
+    sigmas = data_sigmas(cfg, runner)
     progress = progress or DataProgress(None, 0)
-    velocity = progress.counted(f"sampling {cfg.num_images} concept images",
-                                lambda x, s: runner.velocity(x, s, [prompts.concept] * x.shape[0], cfg.guidance_esd))
+    parts, start = [], 0
     with torch.no_grad(), runner.lora.disabled():
-        return sample_trajectories(velocity, noise.to(runner.device), sigmas, batch_size=CONCEPT_SAMPLE_BATCH,
-                                   store_dtype=runner.dtype)
+        for line, n in zip(prompts.lines, counts):
+            label = f"sampling {sum(counts)} concept images" + (f" ({len(counts)} prompts)" if len(counts) > 1 else "")
+            velocity = progress.counted(label, lambda x, s, c=line.cond: runner.velocity(x, s, [c] * x.shape[0],
+                                                                                        cfg.guidance_esd))
+            parts.append(sample_trajectories(velocity, noise[start:start + n].to(runner.device), sigmas,
+                                             batch_size=CONCEPT_SAMPLE_BATCH, store_dtype=runner.dtype))
+            start += n
+    return concat(parts)
+
+
+def sample_retain(cfg: EraseConfig, runner: Runner, prompts: Prompts,
+                  progress: DataProgress | None = None) -> Trajectories | None:
+    """One frozen trajectory per retain prompt, with the velocity at every state (the distillation target)."""
+    if cfg.lambda_retain <= 0 or not prompts.retain:
+        return None
+    side = cfg.resolution // 8
+    gen = torch.Generator().manual_seed(cfg.seed + 4)
+    noise = torch.randn((len(prompts.retain), runner.latent_channels, side, side), generator=gen)
+    sigmas = data_sigmas(cfg, runner)
+    progress = progress or DataProgress(None, 0)
+    parts, start = [], 0
+    with torch.no_grad(), runner.lora.disabled():
+        for group in _same_length_groups(prompts.retain):
+            chunk = noise[start:start + len(group)]
+            for b in range(0, len(group), CONCEPT_SAMPLE_BATCH):
+                conds = group[b:b + CONCEPT_SAMPLE_BATCH]
+                velocity = progress.counted(f"sampling {len(prompts.retain)} retain images",
+                                            lambda x, s, c=conds: runner.velocity(x, s, c, cfg.guidance_esd))
+                parts.append(sample_trajectories(velocity, chunk[b:b + len(conds)].to(runner.device), sigmas,
+                                                 batch_size=len(conds), store_dtype=runner.dtype))
+            start += len(group)
+    retain = concat(parts)
+    retain.prompt_idx = None  # row r is retain prompt r
+    return retain
 
 
 def pathway_swap_test(runner: Runner, prompts: Prompts, trajectories: Trajectories, guidance: float,
@@ -349,7 +452,7 @@ def sample_irrelevant(cfg: EraseConfig, runner: Runner, prompts: Prompts,
     side = cfg.resolution // 8
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     noise = torch.randn((len(prompts.irrelevant), runner.latent_channels, side, side), generator=gen)
-    sigmas = runner.sigmas(cfg.sample_steps)
+    sigmas = data_sigmas(cfg, runner)
     progress = progress or DataProgress(None, 0)
     velocity = progress.counted(f"sampling {len(prompts.irrelevant)} irrelevant-concept images",
                                 lambda x, s: runner.velocity(x, s, prompts.irrelevant, cfg.guidance_esd))
@@ -369,17 +472,22 @@ def train_erasure(cfg: EraseConfig, runner: Runner, text: TextEncoder, callbacks
 def _train_erasure(cfg, runner, text, callbacks, concept_latents) -> TrainResult:
     start = time.perf_counter()
     concepts = resolve_concepts(cfg, text.embed_pooled)
-    log.info("erasing %r: anchor %r, synonyms %s, irrelevant %s", concepts.concept, concepts.anchor,
+    log.info("erasing %r (preset %s): synonyms %s, irrelevant %s", concepts.concept, cfg.preset,
              list(concepts.synonyms), list(concepts.irrelevant))
+    for prompt, anchor in zip(concepts.prompts, concepts.anchors):
+        log.info("  concept prompt %r -> anchor %r", prompt, anchor)
+    if concepts.retain:
+        log.info("retain set (%d prompts, one frozen trajectory each): %s", len(concepts.retain), list(concepts.retain))
     prompts = encode_prompts(cfg, concepts, text)
     runner.load()
-    progress = DataProgress(callbacks, data_passes(cfg, len(prompts.irrelevant), concept_latents is not None))
+    progress = DataProgress(callbacks, data_passes(cfg, prompts, concept_latents is not None))
     trajectories = prepare_data(cfg, runner, prompts, concept_latents, progress)
     irrelevant_x0 = sample_irrelevant(cfg, runner, prompts, progress)
+    retain = sample_retain(cfg, runner, prompts, progress)
     data_cost = runner.counter.forward_equivalents
     pathway = pathway_swap_test(runner, prompts, trajectories, cfg.guidance_esd)
     log.info("concept pathway: %s", pathway)
-    trainer = ErasureTrainer(cfg, runner, prompts, trajectories, callbacks, irrelevant_x0)
+    trainer = ErasureTrainer(cfg, runner, prompts, trajectories, callbacks, irrelevant_x0, retain)
     history = trainer.run()
     c = runner.counter
     cost = {"forwards": c.forwards, "backwards": c.backwards, "forward_equivalents": c.forward_equivalents,

@@ -32,3 +32,8 @@ def config_input(name: str, **overrides):
 def split_list(text: str) -> tuple[str, ...]:
     """A list typed into a text box: one item per line or comma-separated (both work)."""
     return tuple(item.strip() for line in (text or "").splitlines() for item in line.split(",") if item.strip())
+
+
+def split_lines(text: str) -> tuple[str, ...]:
+    """A list of prompts typed into a text box: one per line (a prompt may contain commas)."""
+    return tuple(line.strip() for line in (text or "").splitlines() if line.strip())

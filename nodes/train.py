@@ -1,7 +1,7 @@
 from comfy_api.latest import io
 
 from ..eraseanything_core.config import EraseConfig
-from .schema import config_input, split_list
+from .schema import config_input, split_lines, split_list
 from .types import CATEGORY, ErasureLoRAType, ErasureOptionsType
 
 
@@ -25,6 +25,9 @@ class TrainErasureLoRA(io.ComfyNode):
                 config_input("anchor", optional=True),
                 config_input("synonyms", optional=True),
                 config_input("irrelevant", optional=True),
+                # inputs added later go last: saved workflows map widget values by position
+                config_input("anchor_word", optional=True),
+                config_input("keep", optional=True),
                 config_input("steps"),
                 config_input("learning_rate"),
                 config_input("rank"),
@@ -45,7 +48,8 @@ class TrainErasureLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, concept=None, learning_rate=None, lora_name=None):
+    def validate_inputs(cls, concept=None, learning_rate=None, lora_name=None, prompt=None, anchor=None,
+                        anchor_word=None):
         """At queue time, before anything runs: the checks of the values a typo can break (the integer
         inputs have ComfyUI's own range checks). Linked inputs are None here and are checked by
         EraseConfig when the node runs. ComfyUI repeats a refusal under each input named here."""
@@ -55,6 +59,8 @@ class TrainErasureLoRA(io.ComfyNode):
                 EraseConfig(concept=concept)
             if learning_rate is not None:
                 EraseConfig(concept="x", learning_rate=learning_rate)
+            if None not in (prompt, anchor, anchor_word):  # the anchor forms (one per line, or a word)
+                EraseConfig(concept="x", prompt=prompt, anchor=anchor.strip() or None, anchor_word=anchor_word)
             if lora_name is not None:
                 train_runtime.check_lora_name(lora_name)
         except ValueError as err:
@@ -63,10 +69,11 @@ class TrainErasureLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, concept, steps, learning_rate, rank, seed, resolution, num_images, lora_name,
-                prompt="", anchor="", synonyms="", irrelevant="", concept_latents=None, options=None) -> io.NodeOutput:
+                prompt="", anchor="", anchor_word="", synonyms="", irrelevant="", keep="", concept_latents=None,
+                options=None) -> io.NodeOutput:
         from . import train_runtime
         cfg = _config(concept, steps, learning_rate, rank, seed, resolution, num_images, prompt, anchor, synonyms,
-                      irrelevant, options)
+                      irrelevant, options, anchor_word=anchor_word, keep=keep)
         latents = None if concept_latents is None else concept_latents["samples"]
         result = train_runtime.train_in_node(model, clip, cfg, lora_name, node_id=cls.hidden.unique_id, latents=latents)
         return io.NodeOutput(result.model, result.lora, result.file_name, result.loss_image,
@@ -74,8 +81,8 @@ class TrainErasureLoRA(io.ComfyNode):
 
 
 def _config(concept, steps, learning_rate, rank, seed, resolution, num_images, prompt="", anchor="", synonyms="",
-            irrelevant="", options=None):
-    return EraseConfig(concept=concept, prompt=prompt, anchor=anchor.strip() or None,
-                       synonyms=split_list(synonyms), irrelevant=split_list(irrelevant), steps=steps,
+            irrelevant="", options=None, anchor_word="", keep=""):
+    return EraseConfig(concept=concept, prompt=prompt, anchor=anchor.strip() or None, anchor_word=anchor_word,
+                       synonyms=split_list(synonyms), irrelevant=split_list(irrelevant), keep=split_lines(keep), steps=steps,
                        learning_rate=learning_rate, rank=rank, seed=seed, resolution=resolution,
                        num_images=num_images, **(options or {}))

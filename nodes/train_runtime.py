@@ -74,8 +74,10 @@ def _callbacks(cfg: EraseConfig, node_id, latent_format=None) -> Callbacks:
 
 def _metadata(cfg: EraseConfig, result, model) -> dict:
     return {"config": cfg.to_metadata(),
-            "concepts": {"concept": result.concepts.concept, "anchor": result.concepts.anchor,
-                         "synonyms": list(result.concepts.synonyms), "irrelevant": list(result.concepts.irrelevant)},
+            "concepts": {"concept": result.concepts.concept, "preset": cfg.preset,
+                         "prompts": list(result.concepts.prompts), "anchors": list(result.concepts.anchors),
+                         "synonyms": list(result.concepts.synonyms), "irrelevant": list(result.concepts.irrelevant),
+                         "retain": list(result.concepts.retain)},
             "cost": result.cost, "pathway": result.pathway, "seconds": round(result.seconds, 2), "version": __version__,
             "base_model": lora_file.model_fingerprint(model.model.diffusion_model.state_dict().items())}
 

@@ -6,7 +6,7 @@ from PIL import Image, ImageDraw
 
 # Viridis at 5 stops; linear interpolation between them is close enough for a heat map.
 _VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
-_COLOURS = {"esd": (230, 85, 13), "attn": (49, 130, 189), "fm": (49, 163, 84), "fm_irrelevant": (161, 217, 155), "rsc": (117, 107, 177),
+_COLOURS = {"esd": (230, 85, 13), "attn": (49, 130, 189), "fm": (49, 163, 84), "fm_irrelevant": (161, 217, 155), "retain": (253, 174, 107), "rsc": (117, 107, 177),
             "total": (220, 220, 220)}
 
 

@@ -32,7 +32,7 @@ from tools import host  # noqa: E402
 
 host.import_comfy()
 
-from eraseanything_core import lora_file  # noqa: E402
+from eraseanything_core import concepts, lora_file  # noqa: E402
 from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
 from eraseanything_core.comfy import flux  # noqa: E402
@@ -118,7 +118,8 @@ def main(argv=None):
     patcher, clip, vae = world_model.load_world(args.world)
     judge = judge_lib.load(args.world / world_model.JUDGE_FILE)
     cfg = scoring.erasure_config(args.target, **({"steps": args.steps} if args.steps else {}))
-    groups = scoring.prompt_groups(args.target, cfg.anchor, args.samples)
+    anchors = concepts.line_anchors(cfg.concept_prompts, cfg.concept, cfg.anchor_prompts, cfg.anchor_word)
+    groups = scoring.prompt_groups(args.target, anchors, args.samples)
     before, before_images = scoring.score_groups(world_model.sampler(patcher, clip), judge, args.target, groups, seed=7)
 
     erasure = flux.train(patcher, ClipText(clip), cfg)
@@ -153,15 +154,20 @@ def main(argv=None):
     def pct(score, field):
         return f"{100 * getattr(score, field):.0f}%"
 
-    rows = [("Acc_e: target prompts that still show the target (lower is better)", "target", "target_rate")]
+    kind = scoring.kind_of(args.target)
+    other_kind = "colour" if kind == "shape" else "shape"
+    rows = [("Acc_e: target prompts that still show the target (lower is better)", "target", "target_rate"),
+            (f"target prompts that keep their {other_kind} (the target replaced, not deleted)", "target", "other_kept")]
     if any(g.name == "synonym" for g in groups):
         rows.append(("Acc_g: synonym prompts that still show the target (lower is better)", "synonym", "target_rate"))
-    rows += [(f"Acc_ir: other prompts drawn with their own {scoring.kind_of(args.target)} (higher is better)", "other", "same_kind_rate"),
-             (f"anchor '{cfg.anchor}' showing the target (Acc_e's floor)", "anchor", "target_rate")]
+    rows += [("other prompts drawn with their shape and colour (higher is better)", "other", "prompted_rate"),
+             (f"Acc_ir: other prompts drawn with their own {kind} (higher is better)", "other", "same_kind_rate"),
+             ("anchor prompts showing the target (Acc_e's floor)", "anchor", "target_rate")]
     table = "\n".join(f"| {name} | {pct(before[g], f)} | {pct(after[g], f)} |" for name, g, f in rows)
     summary = (f"# EraseAnything demo: erase '{args.target}' from the demo world\n\n"
-               f"prompt '{cfg.concept_prompt}', anchor '{cfg.anchor}', synonyms {list(result.concepts.synonyms)}, "
-               f"irrelevant {list(result.concepts.irrelevant)}; {cfg.steps} steps in {train_seconds:.1f} s, "
+               f"prompts {list(result.concepts.prompts)} with anchors {list(result.concepts.anchors)}; synonyms "
+               f"{list(result.concepts.synonyms)}, irrelevant {list(result.concepts.irrelevant)}; retain set of "
+               f"{len(result.concepts.retain)} prompts; preset {cfg.preset}; {cfg.steps} steps in {train_seconds:.1f} s, "
                f"{result.cost['forward_equivalents']:.0f} forward-equivalents; {seconds:.0f} s in all on this machine.\n"
                f"{args.samples}+ pictures per prompt group, read by the world's judge.\n\n"
                f"| | before | after |\n| --- | ---: | ---: |\n{table}\n\nLoRA: {saved.name}. Pictures: before_after.png, "

@@ -5,11 +5,12 @@ comfy/demo_world.py's `sample_images` on a ModelPatcher (what KSampler draws wit
 and FluxGuidance), so an erasure applied by ComfyUI's LoRA loader is scored exactly as a workflow would
 draw it. The judge reads shape and colour.
 
-Prompt groups for a target concept (a shape or a colour of shapes.py):
-  target   every full caption template with the target word, over all values of the other attribute
+Prompt groups for a target concept (a shape or a colour of shapes.py), on a set of caption templates
+(the world's own, or a held-out set the world never saw):
+  target   every template with the target word, over all values of the other attribute
   synonym  the same with each synonym of a shape (colours have none in this world)
   other    the same templates for every other value of the target's attribute (Acc_ir)
-  anchor   the ESD anchor prompt alone: how often it draws the target (Acc_e's floor)
+  anchor   the ESD anchor prompts: how often they draw the target (Acc_e's floor)
 """
 
 import math
@@ -38,26 +39,27 @@ def kind_of(target: str) -> str:
     raise ValueError(f"target {target!r} is not a shape {shapes.SHAPES} or a colour {shapes.COLOUR_NAMES} of the demo world")
 
 
-def _full_prompts(shape_words: list[tuple[str, int]], colours: list[int]) -> list[tuple[str, int, int]]:
+def _full_prompts(shape_words: list[tuple[str, int]], colours: list[int], templates) -> list[tuple[str, int, int]]:
     return [(t.format(c=shapes.COLOUR_NAMES[c], s=word), s, c)
-            for word, s in shape_words for c in colours for t in shapes.FULL_TEMPLATES]
+            for word, s in shape_words for c in colours for t in templates]
 
 
-def prompt_groups(target: str, anchor: str, min_samples: int = 100) -> list[PromptGroup]:
+def prompt_groups(target: str, anchors, min_samples: int = 100,
+                  templates=shapes.FULL_TEMPLATES) -> list[PromptGroup]:
     """The groups of the module docstring, each with at least min_samples prompts (every prompt of a group
-    repeated equally often)."""
+    repeated equally often). anchors: one anchor prompt or several; templates: "{c}" colour, "{s}" shape."""
     all_shapes, all_colours = range(len(shapes.SHAPES)), list(range(len(shapes.COLOURS)))
     if kind_of(target) == "shape":
         t = shapes.SHAPES.index(target)
-        groups = {"target": _full_prompts([(target, t)], all_colours),
-                  "synonym": _full_prompts([(w, t) for w in shapes.SYNONYMS[target]], all_colours),
-                  "other": _full_prompts([(shapes.SHAPES[s], s) for s in all_shapes if s != t], all_colours)}
+        groups = {"target": _full_prompts([(target, t)], all_colours, templates),
+                  "synonym": _full_prompts([(w, t) for w in shapes.SYNONYMS[target]], all_colours, templates),
+                  "other": _full_prompts([(shapes.SHAPES[s], s) for s in all_shapes if s != t], all_colours, templates)}
     else:
         t = shapes.COLOUR_NAMES.index(target)
         names = [(shapes.SHAPES[s], s) for s in all_shapes]
-        groups = {"target": _full_prompts(names, [t]), "synonym": [],
-                  "other": _full_prompts(names, [c for c in all_colours if c != t])}
-    groups["anchor"] = [(anchor, -1, -1)]
+        groups = {"target": _full_prompts(names, [t], templates), "synonym": [],
+                  "other": _full_prompts(names, [c for c in all_colours if c != t], templates)}
+    groups["anchor"] = [(a, -1, -1) for a in ([anchors] if isinstance(anchors, str) else anchors)]
     out = []
     for name, rows in groups.items():
         if not rows:
@@ -119,20 +121,37 @@ def attention_probes(target: str, n: int, seed: int) -> tuple[list[str], shapes.
 
 # --- Erasing in the world ---------------------------------------------------------------------------
 
-# Each target with an anchor that does not depict it (ESD pulls the concept toward the anchor, so the
+# Each target with the word its prompts are anchored to (ESD pulls the concept toward the anchor, so the
 # anchor's own rate of drawing the target is the floor of Acc_e), its synonyms and K = 3 other concepts
-# of the same kind for Eq. 5.
+# of the same kind (Eq. 5 and the retain set). The default form erases the target from one prompt per
+# value of the other attribute ("a red circle", "a red square", ...), each anchored to the same prompt
+# with the anchor word ("a blue circle"); the paper form is the released code's one prompt and one anchor.
 TARGETS = {
-    "circle": dict(prompt="a circle", anchor="a square", synonyms=shapes.SYNONYMS["circle"],
-                   irrelevant=("square", "triangle", "cross")),
-    "triangle": dict(prompt="a triangle", anchor="a cross", synonyms=shapes.SYNONYMS["triangle"],
-                     irrelevant=("circle", "square", "cross")),
-    "red": dict(prompt="a red shape", anchor="a blue shape", irrelevant=("green", "blue", "yellow")),
+    "circle": dict(anchor_word="square", synonyms=shapes.SYNONYMS["circle"], irrelevant=("square", "triangle", "cross")),
+    "triangle": dict(anchor_word="cross", synonyms=shapes.SYNONYMS["triangle"], irrelevant=("circle", "square", "cross")),
+    "red": dict(anchor_word="blue", irrelevant=("green", "blue", "yellow")),
 }
+PAPER_FORM = {"circle": dict(prompt="a circle", anchor="a square"),
+              "triangle": dict(prompt="a triangle", anchor="a cross"),
+              "red": dict(prompt="a red shape", anchor="a blue shape")}
+FORMS = ("default", "paper")
 # The node's defaults, at the world's size (a 16x16 latent is 128 "pixels" in the config's VAE-x8 terms):
 # the example workflow's Train Erasure LoRA runs exactly this config.
 WORLD_RUN = dict(resolution=128)
 
 
-def erasure_config(target: str, **changes) -> EraseConfig:
-    return EraseConfig(concept=target, **{**TARGETS[target], **WORLD_RUN, **changes})
+def target_prompts(target: str) -> str:
+    """The default form's prompt lines: "a {colour} {shape}" for every value of the other attribute."""
+    if kind_of(target) == "shape":
+        return "\n".join(f"a {c} {target}" for c in shapes.COLOUR_NAMES)
+    return "\n".join(f"a {target} {s}" for s in shapes.SHAPES)
+
+
+def erasure_config(target: str, form: str = "default", **changes) -> EraseConfig:
+    words = dict(TARGETS[target])
+    if form == "paper":
+        words.pop("anchor_word")
+        words.update(PAPER_FORM[target])
+    else:
+        words["prompt"] = target_prompts(target)
+    return EraseConfig(concept=target, **{**words, **WORLD_RUN, **changes})

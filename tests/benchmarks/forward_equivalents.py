@@ -1,4 +1,4 @@
-"""Transformer passes per 200-step erasure run: our default schedule vs the released code's.
+"""Transformer passes per erasure run, data generation included: our presets vs the released code's schedule.
 
 Run: `make bench` (or `$VENV/bin/python -m tests.benchmarks.forward_equivalents`). Counts are measured
 by FluxRunner's pass counter during a real run on the tiny Flux (the count does not depend on the
@@ -17,6 +17,7 @@ comfy_host.import_comfy()  # before anything imports comfy
 
 from eraseanything_core.comfy.flux import build_runner  # noqa: E402
 from eraseanything_core.comfy.text import ClipText  # noqa: E402
+from eraseanything_core.concepts import resolve_concepts  # noqa: E402
 from eraseanything_core.config import EraseConfig  # noqa: E402
 from eraseanything_core.trainer import released_schedule_cost, train_erasure  # noqa: E402
 from tests.benchmarks import results  # noqa: E402
@@ -33,29 +34,41 @@ def measured_run(cfg: EraseConfig, clip) -> dict:
 
 def main():
     clip = comfy_host.tiny_clip(seed=0)
-    base = EraseConfig(concept="nude", prompt="a nude girl with beautiful hair", resolution=32,
-                       synonyms=("naked",), irrelevant=("car", "tree", "mountain"))  # steps=200, 8 images, 28 steps
-    ours = measured_run(base, clip)
-    resample = measured_run(base.replace(esd_sampling="resample", reference="lora"), clip)
-    released = released_schedule_cost(base.steps, base.sample_steps, base.num_irrelevant)
-    ratio = released["forward_equivalents"] / ours["forward_equivalents"]
+    words = dict(concept="nude", prompt="a nude girl with beautiful hair", resolution=32, synonyms=("naked",),
+                 irrelevant=("car", "tree", "mountain"))
+    default = EraseConfig(**words)  # 300 steps, 12 images, retain set of 3 irrelevant + 1 anchor prompt, 28 steps
+    four_lines = EraseConfig(**{**words, "prompt": "a nude girl with beautiful hair\na nude man on a beach\n"
+                                                   "a nude woman in a garden\na photo of a nude person"})
+    paper = EraseConfig(**words, preset="paper")  # 200 steps, 8 images
+    runs = {"default": measured_run(default, clip), "default_four_prompts": measured_run(four_lines, clip),
+            "paper": measured_run(paper, clip),
+            "resample_lora_references": measured_run(paper.replace(esd_sampling="resample", reference="lora"), clip)}
+    released = released_schedule_cost(paper.steps, paper.sample_steps, paper.num_irrelevant)
+    ratio = released["forward_equivalents"] / runs["default"]["forward_equivalents"]
     data = {
-        "forward_equivalents_per_200_steps": {"default": ours["forward_equivalents"],
-                                              "resample_lora_references": resample["forward_equivalents"],
-                                              "released_schedule": released["forward_equivalents"]},
+        "forward_equivalents_per_run": {**{k: v["forward_equivalents"] for k, v in runs.items()},
+                                        "released_schedule": released["forward_equivalents"]},
         "forward_equivalent_ratio": round(ratio, 2),
-        "passes_per_200_steps": {"default": ours, "resample_lora_references": resample, "released_schedule": released},
+        "passes_per_run": {**runs, "released_schedule": released},
     }
-    rows = [("default (cached trajectories, frozen references)", ours),
-            ("ours with per-step resampling + LoRA references", resample),
-            ("released code's schedule (counted from its loop)", released)]
-    table = ["| schedule | forwards | backwards | forward-equivalents (backward = 2) |", "| --- | ---: | ---: | ---: |"]
-    table += [f"| {name} | {c['forwards']:.0f} | {c['backwards']:.0f} | {c['forward_equivalents']:.0f} |" for name, c in rows]
-    results.write_section("forward_equivalents", data, "Transformer passes per 200-step run", "\n".join(table) + (
-        f"\n\nRatio released / default: **{ratio:.1f}x** (data generation included: "
-        f"{ours['data_forward_equivalents']:.0f} forward-equivalents of the default run sample the 8 concept "
-        "trajectories and one picture of each of the 3 irrelevant concepts once). Truncated reference passes count the fraction of blocks they run."),
-        command="python -m tests.benchmarks.forward_equivalents")
+    retain = {name: len(resolve_concepts(cfg, embed_pooled=None).retain) for name, cfg in
+              (("one", default), ("four", four_lines))}  # every word is given: nothing to embed
+    rows = [(f"default ({default.steps} steps, 1 prompt, retain set of {retain['one']})", runs["default"]),
+            (f"default ({four_lines.steps} steps, 4 prompt lines, retain set of {retain['four']})",
+             runs["default_four_prompts"]),
+            (f"paper preset ({paper.steps} steps, 1 prompt, no retain set)", runs["paper"]),
+            ("paper preset with per-step resampling + LoRA references", runs["resample_lora_references"]),
+            (f"released code's schedule ({paper.steps} steps, counted from its loop)", released)]
+    table = ["| schedule | forwards | backwards | forward-equivalents (backward = 2) | of which data |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    table += [f"| {name} | {c['forwards']:.0f} | {c['backwards']:.0f} | {c['forward_equivalents']:.0f} | "
+              f"{c.get('data_forward_equivalents', 0):.0f} |" for name, c in rows]
+    results.write_section("forward_equivalents", data, "Transformer passes per run", "\n".join(table) + (
+        f"\n\nRatio released / default: **{ratio:.1f}x**, data generation included (the concept trajectories, "
+        "one retain trajectory per retain prompt, the pathway swap test). Truncated reference passes count the "
+        "fraction of blocks they run."),
+        command="python -m tests.benchmarks.forward_equivalents",
+        drop=("forward_equivalents_per_200_steps", "passes_per_200_steps"))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,12 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def write_section(name: str, data: dict, title: str, markdown: str, command: str):
+def write_section(name: str, data: dict, title: str, markdown: str, command: str, drop: tuple[str, ...] = ()):
+    """drop: results.json keys this benchmark no longer writes (removed, so no stale number stays)."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     old = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
+    for key in drop:
+        old.pop(key, None)
     old.update(data)
     old.update({"machine": machine(), "generated": now})
     JSON_PATH.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")

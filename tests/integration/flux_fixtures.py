@@ -5,7 +5,7 @@ import torch
 from eraseanything_core.comfy.flux import build_runner
 from eraseanything_core.config import EraseConfig
 from eraseanything_core.runner import TextCond
-from eraseanything_core.trainer import ErasureTrainer, Prompts, prepare_data, sample_irrelevant
+from eraseanything_core.trainer import ConceptPrompt, ErasureTrainer, Prompts, prepare_data, sample_irrelevant, sample_retain
 from tests import comfy_host
 
 
@@ -15,13 +15,20 @@ def random_cond(gen, text, token_idx, n_txt=24, dtype=torch.float32):
     return TextCond(text, ctx, pooled, torch.tensor(token_idx))
 
 
-def random_prompts(seed=0, dtype=torch.float32):
+def random_prompts(seed=0, dtype=torch.float32, lines=1, retain=0):
+    """One concept prompt line (or `lines`), each with a rewording and its own anchor, and `retain`
+    retain prompts."""
     gen = torch.Generator().manual_seed(seed)
     concept = random_cond(gen, "a nude girl", [2, 3], dtype=dtype)
-    return Prompts(concept=concept, variants=[concept, random_cond(gen, "girl nude a", [4, 5], dtype=dtype)],
-                   anchor=random_cond(gen, "a girl", [], dtype=dtype),
-                   synonyms=[random_cond(gen, "naked", [0, 1], dtype=dtype)],
-                   irrelevant=[random_cond(gen, w, [0], dtype=dtype) for w in ("car", "tree", "sky")])
+    first = ConceptPrompt(concept, [concept, random_cond(gen, "girl nude a", [4, 5], dtype=dtype)],
+                          random_cond(gen, "a girl", [], dtype=dtype))
+    prompts = Prompts(lines=[first], synonyms=[random_cond(gen, "naked", [0, 1], dtype=dtype)],
+                      irrelevant=[random_cond(gen, w, [0], dtype=dtype) for w in ("car", "tree", "sky")])
+    for n in range(1, lines):
+        cond = random_cond(gen, f"nude line {n}", [0], dtype=dtype)
+        prompts.lines.append(ConceptPrompt(cond, [cond], random_cond(gen, f"line {n}", [], dtype=dtype)))
+    prompts.retain = [random_cond(gen, f"retain {r}", [], dtype=dtype) for r in range(retain)]
+    return prompts
 
 
 def make_trainer(model_patcher, cfg: EraseConfig, prompts: Prompts, lora_init_b=0.0):
@@ -35,7 +42,8 @@ def make_trainer(model_patcher, cfg: EraseConfig, prompts: Prompts, lora_init_b=
                 b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64) * lora_init_b)
     runner.load()
     trajectories = prepare_data(cfg, runner, prompts)
-    return ErasureTrainer(cfg, runner, prompts, trajectories, irrelevant_x0=sample_irrelevant(cfg, runner, prompts))
+    return ErasureTrainer(cfg, runner, prompts, trajectories, irrelevant_x0=sample_irrelevant(cfg, runner, prompts),
+                          retain=sample_retain(cfg, runner, prompts))
 
 
 def tiny_cfg(**changes):

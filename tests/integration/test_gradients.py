@@ -4,6 +4,8 @@ Every LoRA tensor gets its own random direction; the analytic directional deriva
 central difference. Stock Flux blocks (in-place residuals) fail this under checkpointing; ours must not.
 """
 
+import random
+
 import pytest
 import torch
 
@@ -28,7 +30,9 @@ def _step_loss(trainer, phase):
 def _directional_check(loss, params, directions):
     for p in params:
         p.grad = None
-    loss().backward()
+    value = loss()  # terms the step backpropagated itself are in .grad already
+    if value.requires_grad:
+        value.backward()
     analytic = sum((p.grad * d).sum() for p, d in zip(params, directions)).item()
     eps = 1e-6
     with torch.no_grad():
@@ -45,11 +49,13 @@ def _directional_check(loss, params, directions):
     return analytic
 
 
-def _trainer(phase, **cfg_changes):
+def _trainer(phase, lines=1, retain=0, **cfg_changes):
     model = comfy_host.tiny_flux(seed=3, dtype=torch.float64)
     # Eq. 3 and Eq. 5 weights raised so they are not drowned by Eq. 2 / Eq. 4 in the check
-    cfg = tiny_cfg(**{"lambda_attn": 0.05, "lambda_rsc": 0.5, "lambda_preserve_irrelevant": 0.3, **cfg_changes})
-    trainer = make_trainer(model, cfg, random_prompts(dtype=torch.float64), lora_init_b=0.05)
+    cfg = tiny_cfg(**{"lambda_attn": 0.05, "lambda_rsc": 0.5, "lambda_preserve_irrelevant": 0.3, "lambda_fm": 0.1,
+                      **cfg_changes})
+    prompts = random_prompts(dtype=torch.float64, lines=lines, retain=retain)
+    trainer = make_trainer(model, cfg, prompts, lora_init_b=0.05)
     trainer.sigma_last = 0.6
     assert all(p.dtype == torch.float64 for p in trainer.lora.parameters())
     return trainer, _step_loss(trainer, phase)
@@ -126,3 +132,40 @@ def test_preserve_gradient_with_each_eq5_form_matches_finite_differences(feature
     gen = torch.Generator().manual_seed(11)
     directions = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
     assert abs(_directional_check(loss, params, directions)) > 1e-9
+
+
+def test_preserve_gradient_with_retain_distillation_matches_finite_differences():
+    """The retain-set distillation (backpropagated inside the step, like D_ir) with Eq. 4, D_ir and Eq. 5."""
+    trainer, loss = _trainer("preserve", retain=3, lambda_retain=2.0)
+    assert trainer.retain is not None and trainer.retain.num_images == 3
+    params = list(trainer.lora.parameters())
+    gen = torch.Generator().manual_seed(12)
+    directions = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    assert abs(_directional_check(loss, params, directions)) > 1e-9
+    _, values = trainer.preserve_step()
+    assert values["retain"] >= 0 and {"fm", "fm_irrelevant", "rsc"} <= set(values)
+
+
+def test_preserve_gradient_of_retain_distillation_alone_matches_finite_differences():
+    """Without Eq. 4 and Eq. 5 the preserve step skips the concept's forward: its whole gradient is the
+    distillation's own backward."""
+    trainer, loss = _trainer("preserve", retain=2, lambda_retain=1.0, lambda_fm=0.0, lambda_rsc=0.0,
+                             lambda_preserve_irrelevant=0.0)
+    params = list(trainer.lora.parameters())
+    gen = torch.Generator().manual_seed(13)
+    directions = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    assert abs(_directional_check(loss, params, directions)) > 1e-9
+
+
+def test_erase_gradient_on_a_second_prompt_line_matches_finite_differences():
+    """An erase step on a state of the second prompt line's trajectory, with that line's anchor and columns."""
+    trainer, _ = _trainer("erase", lines=2, num_images=2)
+    assert trainer.traj.prompt_idx.tolist() == [0, 1]
+    trainer.rng.seed(next(s for s in range(100) if random.Random(s).randrange(2) == 1))  # draws trajectory 1
+    loss = _step_loss(trainer, "erase")
+    params = list(trainer.lora.parameters())
+    gen = torch.Generator().manual_seed(14)
+    directions = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    assert abs(_directional_check(loss, params, directions)) > 1e-9
+    assert trainer._last_probs[3] == 1
+

@@ -57,6 +57,10 @@ TRAIN_OK = dict(concept="nude", learning_rate=1e-3, lora_name="x")
                           "'fire' rather than an emoji."),
     (dict(concept=""), "concept is empty: type the word or phrase to erase, e.g. 'Van Gogh'."),
     (dict(lora_name="../escape"), "file name '../escape' contains '/', '\\\\' or ':'"),
+    (dict(prompt="a nude a\na nude b", anchor="x\ny\nz", anchor_word=""),
+     "anchor has 3 lines for 2 prompt lines: give one anchor prompt for all lines, or one per prompt line."),
+    (dict(prompt="a nude a", anchor="a person", anchor_word="clothed"),
+     "anchor and anchor_word are both set: give anchor prompts or an anchor word, not both."),
 ])
 def test_train_node_refuses_bad_values_at_queue_time(changes, message):
     result = _validate(_node("nodes.train", "TrainErasureLoRA"), **{**TRAIN_OK, **changes})

@@ -22,10 +22,11 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lora_main_859a4bd.
 BASE = dict(concept="nude", prompt="a nude girl with beautiful hair", steps=12, rank=4, seed=5,
             resolution=32, num_images=2, sample_steps=6, prompt_variants=3, learning_rate=1e-2,
             synonyms=("naked",), irrelevant=("car", "tree", "mountain"))
+# Each case spells out 859a4bd's settings where today's defaults differ (no retain set then).
+OLD_DEFAULTS = dict(lambda_fm=0.1, lambda_retain=0.0, rsc_feature="head_mean")
 CASES = {
-    "default": {},  # the preserve step's D_ir flow matching on, Eq. 5 off
-
-    "rsc_k2": dict(lambda_rsc=0.1, erase_steps_per_preserve=2, lambda_preserve_irrelevant=0.0),
+    "default": dict(OLD_DEFAULTS, lambda_preserve_irrelevant=1.0),  # 859a4bd's default: D_ir on, Eq. 5 off
+    "rsc_k2": dict(OLD_DEFAULTS, lambda_rsc=0.1, erase_steps_per_preserve=2, lambda_preserve_irrelevant=0.0),
 }
 
 

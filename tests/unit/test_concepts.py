@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from eraseanything_core import concepts
-from eraseanything_core.concepts import (ConceptSet, augment_prompt, default_anchor, resolve_concepts,
-                                         surface_variants, table_synonyms)
+from eraseanything_core.concepts import (ConceptSet, augment_prompt, default_anchor, mentions, replace_concept,
+                                         resolve_concepts, retain_prompts, surface_variants, table_synonyms)
 from eraseanything_core.config import EraseConfig
 from eraseanything_core.vocabulary import SYNONYM_GROUPS, VOCABULARY
 
@@ -136,13 +136,15 @@ def test_user_lists_win_and_nothing_is_embedded():
     cfg = EraseConfig(concept="nude", prompt="a nude girl", anchor="a girl, clothed", synonyms=("naked", " nude "),
                       irrelevant=("car", "tree"))
     result = resolve_concepts(cfg, refuse_embed)
-    assert result == ConceptSet(concept="nude", prompt="a nude girl", anchor="a girl, clothed",
-                                synonyms=("naked",), irrelevant=("car", "tree"))
+    assert result == ConceptSet(concept="nude", prompts=("a nude girl",), anchors=("a girl, clothed",),
+                                synonyms=("naked",), irrelevant=("car", "tree"),
+                                retain=("a car girl", "a tree girl", "a girl, clothed"))
 
 
-def test_empty_prompt_uses_the_concept_and_anchor_defaults_to_the_prompt_minus_concept():
+def test_empty_prompt_uses_templates_around_the_concept_and_anchor_defaults_to_the_prompt_minus_concept():
     result = resolve_concepts(EraseConfig(concept="Van Gogh", synonyms=("Vincent",), irrelevant=("x",)), refuse_embed)
-    assert (result.prompt, result.anchor) == ("Van Gogh", "")
+    assert result.prompts == ("Van Gogh", "a photo of Van Gogh", "a painting of Van Gogh", "a close-up picture of Van Gogh")
+    assert result.anchors == ("", "a photo", "a painting", "a close-up picture")
     result = resolve_concepts(EraseConfig(concept="nude", prompt="a nude girl with beautiful hair",
                                           synonyms=("naked",), irrelevant=("x",)), refuse_embed)
     assert result.anchor == "a girl with beautiful hair"
@@ -242,3 +244,72 @@ def test_same_seed_gives_the_same_augmented_prompts():
         rng = random.Random(seed)
         return [augment_prompt(PROMPT, "nude", ("naked", "topless"), rng) for _ in range(20)]
     assert run(5) == run(5) and run(5) != run(6)
+
+
+# --- several prompt lines, per-line anchors, the retain set -------------------------------------
+
+def test_every_prompt_line_gets_its_own_anchor_in_each_form():
+    lines = "a red circle\nthe square is red\n\nRed cross"
+    by_word = resolve_concepts(EraseConfig(concept="red", prompt=lines, anchor_word="blue", irrelevant=("green",),
+                                           synonyms=("crimson",)),
+                               refuse_embed)
+    assert by_word.prompts == ("a red circle", "the square is red", "Red cross")
+    assert by_word.anchors == ("a blue circle", "the square is blue", "blue cross")
+    one = resolve_concepts(EraseConfig(concept="red", prompt=lines, anchor="a blue shape", irrelevant=("green",),
+                                       synonyms=("crimson",)),
+                           refuse_embed)
+    assert one.anchors == ("a blue shape",) * 3
+    each = resolve_concepts(EraseConfig(concept="red", prompt=lines, anchor="a\nb\nc", irrelevant=("green",),
+                                        synonyms=("crimson",)),
+                            refuse_embed)
+    assert each.anchors == ("a", "b", "c")
+    removed = resolve_concepts(EraseConfig(concept="red", prompt=lines, irrelevant=("green",), synonyms=("crimson",)),
+                               refuse_embed)
+    assert removed.anchors == ("a circle", "the square is", "cross")
+    assert len(by_word.anchors) == len(by_word.prompts) == len(removed.anchors)
+
+
+def test_anchor_lines_must_match_the_prompt_lines_and_not_come_with_an_anchor_word():
+    with pytest.raises(ValueError, match="2 lines for 3 prompt lines"):
+        EraseConfig(concept="red", prompt="a red a\na red b\na red c", anchor="x\ny")
+    with pytest.raises(ValueError, match="not both"):
+        EraseConfig(concept="red", prompt="a red a", anchor="x", anchor_word="blue")
+
+
+def test_a_prompt_line_without_the_concept_is_named():
+    with pytest.raises(ValueError, match="line 2"):
+        resolve_concepts(EraseConfig(concept="red", prompt="a red circle\na blue square", irrelevant=("g",)),
+                         refuse_embed)
+
+
+def test_retain_set_replaces_the_concept_by_each_irrelevant_concept_and_adds_anchors_and_keep():
+    cfg = EraseConfig(concept="red", prompt="a red circle\na red square", anchor_word="blue",
+                      irrelevant=("green", "blue", "yellow"), synonyms=("crimson",), keep=("a portrait of a woman",))
+    retain = resolve_concepts(cfg, refuse_embed).retain
+    assert retain == ("a green circle", "a blue circle", "a yellow circle", "a green square", "a blue square",
+                      "a yellow square", "a portrait of a woman")  # the anchors are the 'blue' lines: once each
+    assert not any(mentions(r, w) for r in retain for w in ("red", "crimson"))
+
+
+def test_built_retain_prompts_that_still_name_the_concept_are_left_out():
+    retain = retain_prompts("red", ("crimson",), ["a red circle"], ["a red-free circle"], ["crimson red", "green"], [])
+    assert retain == ("a green circle",)
+
+
+def test_a_keep_prompt_naming_the_concept_or_a_synonym_is_refused():
+    for keep in ("a Red car", "a crimson rose"):
+        with pytest.raises(ValueError, match="keep: .* cannot contain what is erased"):
+            resolve_concepts(EraseConfig(concept="red", prompt="a red circle", irrelevant=("green",),
+                                         synonyms=("crimson",), keep=(keep,)), refuse_embed)
+
+
+def test_no_retain_set_without_its_weight():
+    cfg = EraseConfig(concept="red", prompt="a red circle", irrelevant=("green",), synonyms=("crimson",),
+                      lambda_retain=0.0)
+    assert resolve_concepts(cfg, refuse_embed).retain == ()
+
+
+def test_replace_concept_forms():
+    assert replace_concept("a Red circle, red", "red", "blue") == "a blue circle, blue"
+    assert replace_concept("Gogh painted by Van", "Van Gogh", "Monet") == "Monet painted by"
+    assert replace_concept("two nudes", "nude", "people") == "two people"

@@ -50,5 +50,24 @@ def test_every_declared_limit_is_enforced():
 
 
 def test_defaults_are_valid_and_a_concept_with_digits_is_fine():
-    assert EraseConfig(concept="R2D2").steps == 200
+    assert EraseConfig(concept="R2D2").steps == 300
     assert help_of("concept")["default"] == "" and help_of("rank") == {**help_of("rank"), "default": 8, "min": 1}
+
+
+def test_paper_preset_sets_the_released_weights_and_a_changed_field_wins():
+    paper = EraseConfig(concept="cat", preset="paper")
+    assert (paper.steps, paper.learning_rate, paper.num_images) == (200, 1e-3, 8)
+    assert (paper.lambda_rsc, paper.rsc_feature, paper.lambda_fm, paper.lambda_retain) == (0.1, "head0", 0.1, 0.0)
+    assert EraseConfig(concept="cat", preset="paper", lambda_rsc=0.3, steps=50).lambda_rsc == 0.3
+    assert EraseConfig(concept="cat", preset="paper", steps=50).steps == 50
+    default = EraseConfig(concept="cat")
+    assert (default.lambda_retain, default.lambda_rsc, default.lambda_fm) == (3.0, 0.0, 0.0)
+    assert paper.to_metadata()["preset"] == "paper"
+    with pytest.raises(ValueError, match="preset"):
+        EraseConfig(concept="cat", preset="released")
+
+
+def test_prompt_lines_and_default_templates():
+    assert EraseConfig(concept="red", prompt="a red circle\n\n  a red   square ").concept_prompts == (
+        "a red circle", "a red square")
+    assert EraseConfig(concept="red").concept_prompts[:2] == ("red", "a photo of red")

@@ -53,7 +53,7 @@ def test_config_rejects_bad_input_with_actionable_messages():
         EraseConfig(concept="cat", targets=("nope",))
     with pytest.raises(ValueError, match="resolution"):
         EraseConfig(concept="cat", resolution=500)
-    assert EraseConfig(concept="cat").concept_prompt == "cat"
+    assert EraseConfig(concept="cat").concept_prompts[0] == "cat"
 
 
 @pytest.mark.parametrize("group, expected", [

@@ -106,7 +106,7 @@ def test_save_then_load_round_trips_tensors_and_metadata(tmp_path):
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     assert set(metadata) == {"format", "eraseanything.version", "eraseanything.config", "eraseanything.base_model"}
     info = provenance(metadata)
-    assert info["config"] == {**cfg.to_metadata(), "synonyms": [], "irrelevant": [], "targets": ["txt_qk"],
+    assert info["config"] == {**cfg.to_metadata(), "synonyms": [], "irrelevant": [], "keep": [], "targets": ["txt_qk"],
                               "attn_blocks": [-1]}                       # JSON turns tuples into lists
     assert info["version"] == lora_file.__version__ and info["base_model"] == "0123abcd"
 

@@ -82,14 +82,17 @@ def _cfg(**changes):
 
 def test_erase_and_preserve_steps_run_through_the_port_and_train_the_lora():
     runner, data_events = FakeRunner(), []
-    cfg = _cfg(lambda_rsc=0.1)
+    cfg = _cfg(lambda_rsc=0.1, lambda_preserve_irrelevant=1.0)
     result = train_erasure(cfg, runner, FakeText(), Callbacks(on_data=lambda *e: data_events.append(e)))
     assert [h["phase"] for h in result.history] == ["erase", "preserve"] * 3
-    assert {"esd", "attn"} <= set(result.history[0]) and {"fm", "fm_irrelevant", "rsc"} <= set(result.history[1])
+    assert {"esd", "attn"} <= set(result.history[0])
+    assert {"fm", "fm_irrelevant", "retain", "rsc"} <= set(result.history[1])
     assert runner.lora.shift.abs().sum() > 0, "the optimizer must have moved the LoRA"
     assert result.cost["backwards"] > 0 and result.cost["forward_equivalents"] > result.cost["data_forward_equivalents"]
-    # data generation: 1 batch of concept trajectories x 3 steps + the irrelevant samples' 3 steps, counted in order
-    assert [e[1:] for e in data_events] == [(i, 6) for i in range(1, 7)]
+    # data generation, counted in order: 1 batch of concept trajectories x 3 steps, the irrelevant samples'
+    # 3 steps, and one batch of the 4 retain prompts (each irrelevant concept and the anchor in the prompt) x 3
+    assert [e[1:] for e in data_events] == [(i, 9) for i in range(1, 10)]
+    assert result.concepts.retain == ("a car on a mat", "a tree on a mat", "a sky on a mat", "a dog on a mat")
 
 
 def test_same_seed_same_lora_through_the_port():
@@ -122,3 +125,25 @@ def test_eq5_feature_and_orientation_options_change_the_run():
             assert all("rsc" in h for h in result.history if h["phase"] == "preserve")
             shifts[feature, orientation] = runner.lora.shift.detach().clone()
     assert not torch.equal(shifts["head0", "released"], shifts["head0", "paper"])
+
+
+def test_each_erase_step_uses_the_anchor_of_the_line_its_state_was_sampled_with():
+    """Two prompt lines with an anchor word: the frozen anchor pass of every erase step is followed by the
+    LoRA pass on a rewording of the same line (words compared as sets: the augmentation shuffles them)."""
+    runner, calls = FakeRunner(), []
+    forward = runner.velocity
+
+    def velocity(x_t, sigma, conds, guidance, capture=None):
+        calls.append([c.text for c in conds])
+        return forward(x_t, sigma, conds, guidance, capture)
+
+    runner.velocity = velocity
+    cfg = _cfg(prompt="a cat on a mat\na cat in a box", anchor=None, anchor_word="dog", steps=16, num_images=4,
+               prompt_variants=8)
+    result = train_erasure(cfg, runner, FakeText())
+    assert result.concepts.anchors == ("a dog on a mat", "a dog in a box")
+    words = lambda text: sorted(text.replace("kitten", "cat").replace("dog", "cat").split())
+    erase_pairs = [(a[0], b[0]) for a, b in zip(calls, calls[1:]) if a[0] in result.concepts.anchors and len(b) == 1
+                   and b[0] not in result.concepts.retain]
+    assert {anchor for anchor, _ in erase_pairs} == set(result.concepts.anchors)  # both lines trained
+    assert all(words(anchor) == words(variant) for anchor, variant in erase_pairs), erase_pairs

@@ -2,7 +2,7 @@
 // Loss terms differ by orders of magnitude, so each has its own small panel and scale.
 
 // Same colours as nodes/visual.py, so the live chart matches the loss_curve image.
-const COLOURS = { esd: "#e6550d", attn: "#3182bd", fm: "#31a354", fm_irrelevant: "#a1d99b", rsc: "#756bb1", total: "#dcdcdc" };
+const COLOURS = { esd: "#e6550d", attn: "#3182bd", fm: "#31a354", fm_irrelevant: "#a1d99b", retain: "#fdae6b", rsc: "#756bb1", total: "#dcdcdc" };
 const OTHER_COLOUR = "#bdbdbd";
 
 export function termColour(term) {
