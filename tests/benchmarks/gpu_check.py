@@ -9,8 +9,9 @@ What runs, per configuration (weights bf16 / fp8 e4m3fn with bf16 compute) x (ch
   with random weights built tensor by tensor on the GPU and loaded through ComfyUI's own
   `load_diffusion_model_state_dict` (model_options dtype), so 12B parameters never exist on the CPU;
 - text-encoder stand-ins: random T5 streams (1, 512, 4096) and pooled vectors (1, 768) as TextCond;
-- concept latents: 8 random latents at 512 px (64 x 64) with their rectified-flow trajectory states
-  (`trajectories_from_latents`; sampling them would add 224 forwards that measure nothing new);
+- concept latents: num_images random latents at 512 px (64 x 64) with their rectified-flow trajectory
+  states (`trajectories_from_latents`; sampling them would add forwards that measure nothing new), and
+  as many random retain trajectories (with random stored velocities) as the prompts have retain prompts;
 - `ErasureTrainer.run` with the default EraseConfig for `--steps` steps (erase and preserve alternate).
 Prints one table row per configuration: s/step (median of the steps after the first; the first, with
 the kernels' warm-up, separately), peak memory (torch.cuda.max_memory_allocated: weights included),
@@ -81,7 +82,7 @@ def random_prompts(context_dim: int, vec_dim: int, n_txt: int, seed: int = 0):
     """Hand-made Prompts (no tokenizer): random T5 streams (1, n_txt, context_dim) and pooled (1, vec_dim),
     with concept-token positions as a real prompt would have them."""
     from eraseanything_core.runner import TextCond
-    from eraseanything_core.trainer import Prompts
+    from eraseanything_core.trainer import ConceptPrompt, Prompts
     gen = torch.Generator().manual_seed(seed)
 
     def cond(text, token_idx):
@@ -90,14 +91,18 @@ def random_prompts(context_dim: int, vec_dim: int, n_txt: int, seed: int = 0):
         return TextCond(text, context, pooled, torch.tensor(token_idx, dtype=torch.long))
 
     concept = cond("a nude girl with beautiful hair", [1, 2])
-    return Prompts(concept=concept, variants=[concept, cond("girl a nude with hair beautiful", [3, 4])],
-                   anchor=cond("a girl with beautiful hair", []), synonyms=[cond("naked", [0, 1])],
-                   irrelevant=[cond(w, [0]) for w in ("car", "tree", "mountain")])
+    line = ConceptPrompt(concept, [concept, cond("girl a nude with hair beautiful", [3, 4])],
+                         cond("a girl with beautiful hair", []))
+    return Prompts(lines=[line], synonyms=[cond("naked", [0, 1])],
+                   irrelevant=[cond(w, [0]) for w in ("car", "tree", "mountain")],
+                   retain=[cond(f"a {w} girl with beautiful hair", []) for w in ("car", "tree", "mountain")]
+                   + [cond("a girl with beautiful hair", [])])
 
 
 def make_trainer(patcher, cfg, prompts, checkpointing: bool):
     """ErasureTrainer on random concept latents (trajectory states by noising, no sampling), with random
-    latents for the irrelevant concepts' flow matching when the config has it on."""
+    latents for the irrelevant concepts' flow matching and random retain trajectories when the config
+    has them on."""
     from eraseanything_core.comfy.flux import build_runner
     from eraseanything_core.data import trajectories_from_latents
     from eraseanything_core.trainer import ErasureTrainer
@@ -107,10 +112,14 @@ def make_trainer(patcher, cfg, prompts, checkpointing: bool):
     gen = torch.Generator().manual_seed(cfg.seed)
     x0 = torch.randn((cfg.num_images, runner.latent_channels, side, side), generator=gen).to(runner.dtype)
     trajectories = trajectories_from_latents(x0, runner.sigmas(cfg.sample_steps), gen)
-    irrelevant_x0 = None
+    irrelevant_x0 = retain = None
     if cfg.lambda_preserve_irrelevant > 0:
         irrelevant_x0 = torch.randn((len(prompts.irrelevant), runner.latent_channels, side, side), generator=gen).to(runner.dtype)
-    return ErasureTrainer(cfg, runner, prompts, trajectories, irrelevant_x0=irrelevant_x0)
+    if cfg.lambda_retain > 0 and prompts.retain:  # random states and "frozen velocities": what is timed is the same
+        x0_retain = torch.randn((len(prompts.retain), runner.latent_channels, side, side), generator=gen).to(runner.dtype)
+        retain = trajectories_from_latents(x0_retain, runner.sigmas(cfg.sample_steps), gen)
+        retain.velocity = torch.randn(retain.x_t.shape, generator=gen).to(runner.dtype)
+    return ErasureTrainer(cfg, runner, prompts, trajectories, irrelevant_x0=irrelevant_x0, retain=retain)
 
 
 def weights_bytes(patcher) -> int:
