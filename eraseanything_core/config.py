@@ -4,13 +4,14 @@ The node inputs are built from the field metadata (nodes/schema.py): `help` beco
 `min` / `max` / `step` the widget's range, `choices` a combo. `__post_init__` enforces the same ranges,
 so a workflow JSON, an API call or a script gets the same refusal as the UI.
 
-Two presets (`PRESETS`): `paper` is the released code's weights with its bugs fixed (one prompt, Eq. 5
-on head 0 at 0.1, Eq. 4 at 0.1, no retain set); `default` is what measures best here
-(tests/benchmarks/RESULTS.md, "Specificity"): Eq. 5 off and the preserve step distilling the frozen
-model's velocity on a retain set (every concept prompt with the concept replaced by each irrelevant
-concept and by the anchor, plus the anchor prompts and the user's keep prompts). A field left at its
-default takes the preset's value; a field set to anything else wins. docs/method.md says why, with the
-measurements.
+Two presets (`PRESETS`): `paper` is the released code's weights and schedule with its bugs fixed (200
+steps, lr 1e-3, 8 images, Eq. 4 at 0.1, Eq. 5 at 0.1 on head 0, no retain set); `default` (the field
+defaults) is what measured best here (tests/benchmarks/RESULTS.md, "Specificity"): the preserve step
+distils the frozen model's velocity on a retain set (each concept prompt with the concept replaced by
+each irrelevant concept, the anchor prompts, the user's keep prompts) with Eq. 4 and Eq. 5 off, over 300
+steps at lr 2e-3 on 12 concept images. Eq. 5 on head 0 still erases; averaged over heads it stopped the
+erasure; neither kept the other concepts as well as the retain set. A field left at its default takes
+the preset's value; a field set to anything else wins. docs/method.md says why, with the measurements.
 """
 
 import math

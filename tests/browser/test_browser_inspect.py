@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.conftest import close_dialogs, wait_until
+from tests.browser.conftest import close_dialogs, visible_popups, wait_until
 from tests.workflows.ui_to_api import is_widget, widget_specs
 
 logger = logging.getLogger(__name__)
@@ -176,11 +176,6 @@ def erase_and_inspect_workflow(object_info: dict) -> dict:
 @pytest.fixture(scope="module")
 def object_info(comfy_server) -> dict:
     return comfy_server.get("/object_info").json()
-
-
-def visible_popups(page) -> list[str]:
-    return page.execute_script("return [...document.querySelectorAll('.p-dialog, .p-toast-message')]"
-                               ".filter(d => d.offsetParent !== null).map(d => d.innerText.slice(0, 300))")
 
 
 def settle(page) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.conftest import dismiss_missing_models, wait_until
+from tests.browser.conftest import dismiss_missing_models, visible_popups, wait_until
 from tests.workflows.ui_to_api import ui_to_api, widget_specs
 
 logger = logging.getLogger(__name__)
@@ -75,11 +75,6 @@ def load(page, workflow: dict) -> None:
     page.execute_script("return window.app.loadGraphData(arguments[0])", workflow)  # WebDriver awaits the promise
     wait_until(lambda: page.execute_script("return app.graph._nodes.length") == len(workflow["nodes"]), 30,
                "the workflow's nodes to appear in app.graph")
-
-
-def visible_popups(page) -> list[str]:
-    return page.execute_script("return [...document.querySelectorAll('.p-dialog, .p-toast-message')]"
-                               ".filter(d => d.offsetParent !== null).map(d => d.innerText.slice(0, 300))")
 
 
 def frontend_prompt(page, object_info: dict) -> tuple[dict, list[str]]:

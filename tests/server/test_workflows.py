@@ -37,7 +37,7 @@ MODEL_FILE_INPUTS = {("UNETLoader", "unet_name"), ("DualCLIPLoader", "clip_name1
 TINY_TRAIN = {"steps": 6, "resolution": 64, "num_images": 1, "rank": 4,
               # Named synonyms and irrelevant concepts skip the automatic picks (vocabulary ranking).
               "synonyms": "Vincent van Gogh", "irrelevant": "ice cream\nrainbow\nbookshelf"}
-LOSS_TERMS = {"erase": {"esd", "attn", "total"}, "preserve": {"fm", "fm_irrelevant", "total"}}  # the defaults
+LOSS_TERMS = {"erase": {"esd", "attn", "total"}, "preserve": {"retain", "total"}}  # the defaults
 
 
 def ui_workflow(name: str) -> dict:
@@ -290,12 +290,12 @@ def test_demo_world_example_runs_unchanged_and_its_pictures_lose_the_red(comfy_s
     assert set(saved) == {"Before", "After"} and saved["Before"].shape == (8, 32, 32, 3), {k: v.shape for k, v in saved.items()}
     judge = judge_lib.load(REPO_ROOT / "models" / "demo_world" / "judge.safetensors")
     # the example erases "red" from one prompt line per shape, each anchored by the word "blue", and draws
-    # "a red circle" before and after: the red goes, the circle stays
+    # "a red triangle" before and after: the red goes, the triangle stays
     train = next(n for n in prompt.values() if n["class_type"] == "EraseAnything_TrainErasureLoRA")
     assert len(train["inputs"]["prompt"].splitlines()) >= 2 and train["inputs"]["anchor_word"] == "blue"
-    red, circle = shapes.COLOUR_NAMES.index("red"), shapes.SHAPES.index("circle")
+    red, triangle = shapes.COLOUR_NAMES.index("red"), shapes.SHAPES.index("triangle")
     predicted = {k: judge.predict(v.permute(0, 3, 1, 2).float() / 255) for k, v in saved.items()}
     rate = {k: (colour == red).float().mean().item() for k, (_, colour) in predicted.items()}
-    circles = {k: (shape == circle).float().mean().item() for k, (shape, _) in predicted.items()}
+    triangles = {k: (shape == triangle).float().mean().item() for k, (shape, _) in predicted.items()}
     assert rate["Before"] >= 0.75 and rate["After"] <= 0.25, rate
-    assert circles["After"] >= 0.5 * circles["Before"] > 0, circles
+    assert triangles["After"] >= 0.5 * triangles["Before"] > 0, triangles
