@@ -39,7 +39,7 @@ TRAIN_VALUES = {"concept": "Van Gogh", "steps": STEPS, "learning_rate": 0.001, "
                 # Not the training test's name: ComfyUI would serve that run's Train node from its cache.
                 "lora_name": "browser_inspect_van_gogh",
                 "prompt": PROMPT, "anchor": "", "synonyms": "Vincent van Gogh",
-                "irrelevant": "ice cream\nrainbow\nbookshelf"}
+                "irrelevant": "ice cream\nrainbow\nbookshelf", "anchor_word": "", "keep": ""}
 INSPECT_VALUES = {"prompt": PROMPT, "words": WORDS, "sigmas": "0.9, 0.7, 0.5", "blocks": "-1",
                   "head_reduction": "mean", "mode": "attention", "shared_scale": False, "seed": 7}
 MAX_PNG_BYTES = 300_000

@@ -24,9 +24,10 @@ TRAIN_VALUES = {"concept": "Van Gogh", "steps": STEPS, "learning_rate": 0.001, "
                 "resolution": 64, "num_images": 1, "lora_name": "browser_van_gogh",
                 "prompt": "a painting of a starry night, in the style of Van Gogh", "anchor": "",
                 # Named synonyms and irrelevant concepts skip the automatic picks (vocabulary ranking).
-                "synonyms": "Vincent van Gogh", "irrelevant": "ice cream\nrainbow\nbookshelf"}
+                "synonyms": "Vincent van Gogh", "irrelevant": "ice cream\nrainbow\nbookshelf", "anchor_word": "", "keep": ""}
 # Same colours as web/lib/loss_chart.js, per loss term.
-TERM_RGB = {"esd": (230, 85, 13), "attn": (49, 130, 189), "fm": (49, 163, 84), "fm_irrelevant": (161, 217, 155), "rsc": (117, 107, 177),
+TERM_RGB = {"esd": (230, 85, 13), "attn": (49, 130, 189), "fm": (49, 163, 84), "fm_irrelevant": (161, 217, 155),
+            "retain": (253, 174, 107), "rsc": (117, 107, 177),
             "total": (220, 220, 220)}
 
 CHART_JS = """
