@@ -9,8 +9,8 @@ steps, lr 1e-3, 8 images, Eq. 4 at 0.1, Eq. 5 at 0.1 on head 0, no retain set); 
 defaults) is what measured best here (tests/benchmarks/RESULTS.md, "Specificity"): the preserve step
 distils the frozen model's velocity on a retain set (each concept prompt with the concept replaced by
 each irrelevant concept, the anchor prompts, the user's keep prompts) with Eq. 4 and Eq. 5 off, over 300
-steps at lr 2e-3 on 12 concept images. Eq. 5 on head 0 still erases; averaged over heads it stopped the
-erasure; neither kept the other concepts as well as the retain set. A field left at its default takes
+steps at lr 2e-3 on 12 concept images. Eq. 5 on head 0 erases, weakly and unevenly across seeds;
+averaged over heads it stopped the erasure; neither kept the other concepts as well as the retain set. A field left at its default takes
 the preset's value; a field set to anything else wins. docs/method.md says why, with the measurements.
 """
 
