@@ -201,7 +201,7 @@ class ErasureTrainer:
         return self.traj.velocity[i, j][None].to(self.runner.device)
 
     def erase_step(self) -> tuple[torch.Tensor, dict]:
-        cfg, p = self.cfg, self.prompts
+        cfg = self.cfg
         i, j = self.rng.randrange(self.traj.num_images), self.rng.randrange(self.traj.steps)
         sigma = float(self.traj.sigmas[j])
         line = self._line(i)  # the prompt this state was sampled with: its rewording, anchor and columns
@@ -355,6 +355,13 @@ def data_sigmas(cfg: EraseConfig, runner: Runner) -> torch.Tensor:
     return uniform_sigmas(cfg.sample_steps) if cfg.sigma_schedule == "uniform" else runner.sigmas(cfg.sample_steps)
 
 
+def _data_noise(cfg: EraseConfig, runner: Runner, n: int, seed_offset: int) -> torch.Tensor:
+    """(n, c, side, side) start noise of data generation, from its own seeded generator."""
+    side = cfg.resolution // 8
+    gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
+    return torch.randn((n, runner.latent_channels, side, side), generator=gen)
+
+
 def prepare_data(cfg: EraseConfig, runner: Runner, prompts: Prompts,
                  concept_latents: torch.Tensor | None = None, progress: DataProgress | None = None) -> Trajectories:
     """The concept latents D_un with their trajectories, sampled once by the frozen model, each prompt line
@@ -365,10 +372,8 @@ def prepare_data(cfg: EraseConfig, runner: Runner, prompts: Prompts,
         if len(prompts.lines) > 1:  # latent i goes with prompt line i mod lines
             traj.prompt_idx = torch.arange(traj.num_images) % len(prompts.lines)
         return traj
-    side = cfg.resolution // 8
     counts = images_per_line(cfg, len(prompts.lines))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    noise = torch.randn((sum(counts), runner.latent_channels, side, side), generator=gen)
+    noise = _data_noise(cfg, runner, sum(counts), 0)
     sigmas = data_sigmas(cfg, runner)
     progress = progress or DataProgress(None, 0)
     parts, start = [], 0
@@ -388,9 +393,7 @@ def sample_retain(cfg: EraseConfig, runner: Runner, prompts: Prompts,
     """One frozen trajectory per retain prompt, with the velocity at every state (the distillation target)."""
     if cfg.lambda_retain <= 0 or not prompts.retain:
         return None
-    side = cfg.resolution // 8
-    gen = torch.Generator().manual_seed(cfg.seed + 4)
-    noise = torch.randn((len(prompts.retain), runner.latent_channels, side, side), generator=gen)
+    noise = _data_noise(cfg, runner, len(prompts.retain), 4)
     sigmas = data_sigmas(cfg, runner)
     progress = progress or DataProgress(None, 0)
     parts, start = [], 0
@@ -449,9 +452,7 @@ def sample_irrelevant(cfg: EraseConfig, runner: Runner, prompts: Prompts,
     """One frozen sample per irrelevant concept, for the irrelevant-concept flow matching (D_ir)."""
     if cfg.lambda_preserve_irrelevant <= 0 or not prompts.irrelevant:
         return None
-    side = cfg.resolution // 8
-    gen = torch.Generator().manual_seed(cfg.seed + 3)
-    noise = torch.randn((len(prompts.irrelevant), runner.latent_channels, side, side), generator=gen)
+    noise = _data_noise(cfg, runner, len(prompts.irrelevant), 3)
     sigmas = data_sigmas(cfg, runner)
     progress = progress or DataProgress(None, 0)
     velocity = progress.counted(f"sampling {len(prompts.irrelevant)} irrelevant-concept images",
