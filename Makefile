@@ -30,6 +30,7 @@ demo: setup-env
 bench: setup-env
 	$(VENV)/bin/python -m tests.benchmarks.forward_equivalents
 	$(VENV)/bin/python -m tests.benchmarks.speed_memory
+	$(VENV)/bin/python -m tests.benchmarks.demo_world_quality
 	$(VENV)/bin/python -m tests.benchmarks.erasure_quality
 
 gpu-check: setup-env

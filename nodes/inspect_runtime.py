@@ -1,10 +1,10 @@
 """What Attention Map Inspect does inside ComfyUI: words -> token positions, one Flux forward per sigma
 with the capture as the attention override, then masks, a labelled overlay grid and a text report.
 
-The model runs through `BaseModel.apply_model` on a clone of the input ModelPatcher (loaded with
-`load_models_gpu`), with the clone's transformer_options plus the capture, the text length and the
-sigma. Sampler-level wrappers (`model_function_wrapper`) are not applied: this is one denoising call
-per sigma, not a sampler run. Everything random comes from `seed`, so the outputs are deterministic:
+The model runs through the adapter's FluxRunner (the pack's one way of calling a Flux) on a clone of the
+input ModelPatcher, loaded as a sampler loads it, with its own blocks and transformer_options plus the
+capture, the text length and the sigma. Sampler-level wrappers (`model_function_wrapper`) are not
+applied: this is one model call per sigma, not a sampler run. Everything random comes from `seed`, so the outputs are deterministic:
 run the node on two MODEL inputs (before / after an erasure) with the same seed to compare them.
 """
 
@@ -19,8 +19,7 @@ import comfy.utils
 
 from ..eraseanything_core.attention_maps import (N_TXT_KEY, InspectAttentionOverride, parse_blocks, parse_sigmas,
                                                  prompt_words, soft_masks, split_words, to_grid, upsample)
-from ..eraseanything_core.comfy import sampling
-from ..eraseanything_core.comfy.flux import check_flux
+from ..eraseanything_core.comfy.flux import FluxRunner, check_flux
 from ..eraseanything_core.comfy.text import encode_prompt
 from ..eraseanything_core.concepts import concept_token_idx
 from ..eraseanything_core.runner import token_grid
@@ -133,20 +132,19 @@ def _background(x0, latent, image, vae) -> tuple[Image.Image, tuple[int, int]]:
     return Image.fromarray(array), tuple(pixels.shape[:2])
 
 
-def _forward_each_sigma(patched, x0: torch.Tensor, cond, sigmas, seed: int, node_id):
-    """One model call per sigma on x_t = (1 - sigma) x0 + sigma noise (model space); the capture records."""
-    device = patched.load_device
-    x0 = patched.model.process_latent_in(x0)  # (1, c, h, w)
+def _forward_each_sigma(run: FluxRunner, x0: torch.Tensor, cond, sigmas, seed: int, node_id, options: dict):
+    """One model call per sigma on x_t = (1 - sigma) x0 + sigma noise (model space), with `options` added
+    to the transformer_options; the capture among them records."""
+    x0 = run.patcher.model.process_latent_in(x0)  # (1, c, h, w)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    context, pooled = cond.context.to(device), cond.pooled.to(device)
-    guidance = torch.full((x0.shape[0],), GUIDANCE, device=device)
+    guidance = torch.full((x0.shape[0],), GUIDANCE)
     pbar = comfy.utils.ProgressBar(len(sigmas), node_id=node_id)
     for sigma in sigmas:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        t = torch.full((x0.shape[0],), sigma, device=device, dtype=torch.float32)
-        x_t = ((1.0 - sigma) * x0 + sigma * noise).to(device)
+        x_t = (1.0 - sigma) * x0 + sigma * noise
         with torch.no_grad():
-            sampling.denoise(patched, x_t, t, context, pooled, guidance)
+            run.forward(x_t, torch.full((x0.shape[0],), sigma), cond.context, cond.pooled, guidance,
+                        transformer_options=options)
         pbar.update(1)
 
 
@@ -198,14 +196,13 @@ def inspect(model, clip, prompt: str, words: str, *, latent=None, image=None, va
     log.info("Attention Map Inspect: %d words, mode %s, blocks %s, sigmas %s, seed %d",
              len(shown), mode, list(block_list), list(sigma_list), seed)
 
-    patched = model.clone()
-    options = patched.model_options.setdefault("transformer_options", {})
+    existing = model.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
     capture = InspectAttentionOverride(word_idx, block_list, sigma_list, head_reduction, mode, others,
-                                  query_chunk=QUERY_CHUNK, inner=options.get(OVERRIDE_KEY))
-    options[OVERRIDE_KEY] = capture
-    options[N_TXT_KEY] = cond.context.shape[1]
-    sampling.load(patched)
-    _forward_each_sigma(patched, x0, cond, sigma_list, seed, node_id)
+                                       query_chunk=QUERY_CHUNK, inner=existing)
+    run = FluxRunner(model)
+    run.load(trainable=False)
+    _forward_each_sigma(run, x0, cond, sigma_list, seed, node_id,
+                        {OVERRIDE_KEY: capture, N_TXT_KEY: cond.context.shape[1]})
     result = capture.result()
 
     maps = to_grid(result.maps, token_grid(x0.shape[2:]))[0]  # (w, gh, gw)

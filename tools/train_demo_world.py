@@ -7,8 +7,10 @@
 Writes to models/demo_world/: judge.safetensors, flux.safetensors, text_encoders.safetensors (EMA
 weights, float32, metadata: seed, step, settings, last eval) and train_log.txt (appended). Seeded
 throughout: one numpy Generator for pictures and captions, one torch Generator for noise, times and the
-pooled-vector swap, seeded initial weights; the stop is a step count. Bit-identical reruns are expected on
-the same CPU and thread count (not yet checked). See eraseanything_core/demo_world/training.py.
+pooled-vector swap, seeded initial weights; the stop is a step count. The Flux is loaded by ComfyUI's loader
+and called through the adapter's FluxRunner, as everything else in the pack. Bit-identical reruns are
+expected on the same CPU and thread count (checked for 30 steps: the same weights through the runner as
+through the bare module it replaced). See eraseanything_core/demo_world/training.py.
 """
 
 import argparse
@@ -30,6 +32,7 @@ from tools import host  # noqa: E402
 host.import_comfy()
 
 from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
+from eraseanything_core.comfy.flux import FluxRunner  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
 from eraseanything_core.demo_world import shapes, training  # noqa: E402
 
@@ -102,14 +105,15 @@ class EMA:
             self.shadow[k] = live
 
 
-def evaluate(flux, clip_model, table, judge, step, seed, per_pair=2, final=False):
-    shape_acc, colour_acc = training.prompt_accuracy(world_model.trainable_velocity(flux), clip_model, table, judge, seed=seed, per_pair=per_pair)
+def evaluate(run, clip_model, table, judge, step, seed, per_pair=2, final=False):
+    sample = world_model.cond_sampler(run)
+    shape_acc, colour_acc = training.prompt_accuracy(sample, clip_model, table, judge, seed=seed, per_pair=per_pair)
     log.info("eval step %d: prompts 'a {colour} {shape}', %d samples, 16 Euler steps: shape %.3f colour %.3f",
              step, per_pair * 16, shape_acc, colour_acc)
     result = {"step": step, "shape_acc": shape_acc, "colour_acc": colour_acc}
     if final:
         for shape in ("circle", "square"):
-            swap = training.swap_test(world_model.trainable_velocity(flux), clip_model, table, judge, shape, seed=seed)
+            swap = training.swap_test(sample, clip_model, table, judge, shape, seed=seed)
             log.info("swap test '%s' (share judged %s, 64 samples): %s", shape, shape, json.dumps(swap))
             result[f"swap_{shape}"] = swap
     return result
@@ -123,15 +127,17 @@ def save_world(flux, clip_model, args, step, metrics):
 
 
 def train_world(args, judge):
-    flux = world_model.flux_module("cpu")
-    flux.load_state_dict(world_model.init_flux_state_dict(args.seed))
+    # ComfyUI's loader builds the model; the runner is how every part of the pack calls a Flux (its blocks
+    # run out of place under grad). Loading for training swaps in plain tensors: the optimiser comes after.
+    run = FluxRunner(world_model.load_flux(world_model.init_flux_state_dict(args.seed)))
+    run.load()
+    flux = run.diffusion_model
     flux.requires_grad_(True)
     clip = world_model.make_clip(seed=args.seed)
     clip_model = clip.cond_stage_model
     clip_model.requires_grad_(False)
     world_model.make_t5_trainable(clip_model)
     table = training.TextTable.build(clip)
-    velocity = world_model.trainable_velocity(flux)
     named = [(f"flux.{k}", p) for k, p in flux.named_parameters()] + \
             [(f"t5.{k}", p) for k, p in clip_model.t5xxl.named_parameters()]
     opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, weight_decay=0.0)
@@ -147,7 +153,7 @@ def train_world(args, judge):
     while step < args.max_steps and time.time() - t0 < args.minutes * 60:
         batch = shapes.sample(args.batch, rng)
         texts = shapes.captions(batch, rng, args.p_partial)
-        loss = training.flow_loss(velocity, clip_model, table, batch.images, texts, gen, args.p_pooled_true)
+        loss = training.flow_loss(run.forward, clip_model, table, batch.images, texts, gen, args.p_pooled_true)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr (now {args.lr:g})")
         opt.zero_grad(set_to_none=True)
@@ -163,11 +169,13 @@ def train_world(args, judge):
                      (time.time() - t0) / step, (time.time() - t0) / 60)
         if step % args.eval_every == 0:
             ema.swap()
-            metrics = evaluate(flux, clip_model, table, judge, step, seed=args.seed + 1)
+            with torch.no_grad():
+                metrics = evaluate(run, clip_model, table, judge, step, seed=args.seed + 1)
             save_world(flux, clip_model, args, step, metrics)
             ema.swap()
     ema.swap()
-    metrics = evaluate(flux, clip_model, table, judge, step, seed=args.seed + 1, per_pair=8, final=True)
+    with torch.no_grad():
+        metrics = evaluate(run, clip_model, table, judge, step, seed=args.seed + 1, per_pair=8, final=True)
     save_world(flux, clip_model, args, step, metrics)
     reason = "max steps" if step >= args.max_steps else f"wall-clock cap of {args.minutes:g} min"
     log.info("done (%s): %d steps in %.1f min, weights in %s", reason, step, (time.time() - t0) / 60, args.out)
@@ -179,7 +187,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "train_log.txt")], force=True)
-    log.info("train_demo_world: seed %d, torch %s, threads %d", args.seed, torch.__version__, args.threads)
+    log.info("train_demo_world: seed %d, torch %s, device cpu, threads %d", args.seed, torch.__version__, args.threads)
     judge = get_judge(args)
     if args.max_steps > 0:
         train_world(args, judge)

@@ -27,10 +27,10 @@ import comfy.utils
 from comfy.ldm.flux.model import Flux
 from comfy.text_encoders.t5 import T5LayerFF, T5LayerSelfAttention
 
+from ..data import euler_sample
 from ..demo_world.text import T5_TOKENS, encode, tokenize
 from ..demo_world.vae import PixelUnshuffleVAE, model_space_to_pixels
-from . import sampling
-from .flux import block_replacements
+from .flux import FluxRunner
 
 FLUX = dict(hidden=128, heads=4, axes_dim=(8, 12, 12), depth=2, depth_single=2, context=64, vec=32)
 T5 = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers": 2}
@@ -207,37 +207,54 @@ GUIDANCE = 3.5  # FluxGuidance's default
 SAMPLE_STEPS = 16
 
 
+def runner(patcher) -> FluxRunner:
+    """The world's MODEL as a runner without a LoRA (a LoRA patched in by ComfyUI's loader applies as
+    in a KSampler run), loaded for sampling."""
+    run = FluxRunner(patcher)
+    run.load(trainable=False)
+    return run
+
+
+@torch.no_grad()
+def sample_latents(run: FluxRunner, context: torch.Tensor, pooled: torch.Tensor, noise: torch.Tensor,
+                   steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE) -> torch.Tensor:
+    """Pictures (b, 3, 32, 32) in [0, 1] for context (b, 16, 64), pooled (b, 32) and noise (b, 16, 16, 16):
+    Euler on the model's own schedule, as KSampler draws with euler / simple / cfg 1 and FluxGuidance."""
+    b, device = noise.shape[0], run.device
+    sigmas = run.sigmas(steps).to(device)
+    g = torch.full((b,), guidance)
+
+    def velocity(x, sigma):
+        return run.forward(x, torch.full((b,), sigma), context, pooled, g)
+    x = euler_sample(velocity, noise.to(device), sigmas)  # the model-space latent: pixels in [-1, 1] (vae.py)
+    return ((model_space_to_pixels(x.float().cpu()) + 1) / 2).clamp(0, 1)
+
+
+def noise_for(n: int, seed: int) -> torch.Tensor:
+    """(n, 16, 16, 16) start noise: picture i's depends only on (seed, i)."""
+    return torch.randn((n, 16, 16, 16), generator=torch.Generator().manual_seed(seed))
+
+
 @torch.no_grad()
 def sample_images(patcher, clip, texts: list[str], seed: int, steps: int = SAMPLE_STEPS,
                   guidance: float = GUIDANCE, batch: int = 128) -> torch.Tensor:
     """Pictures (n, 3, 32, 32) in [0, 1], one per text, from ComfyUI's model with its patches (LoRAs)
-    applied, as KSampler draws them with euler / simple / cfg 1 and FluxGuidance. Seeded: the noise of
-    picture i depends only on (seed, i)."""
-    sampling.load(patcher)
-    device = patcher.load_device
-    sigmas = sampling.flux_sigmas(patcher, steps).to(device)
-    noise = torch.randn((len(texts), 16, 16, 16), generator=torch.Generator().manual_seed(seed))
+    applied (sample_latents). Seeded: the noise of picture i depends only on (seed, i)."""
+    run = runner(patcher)
+    noise = noise_for(len(texts), seed)
     pictures = []
     for start in range(0, len(texts), batch):
         chunk = texts[start:start + batch]
         context, pooled = encode(clip.cond_stage_model, *tokenize(clip, chunk))
-        x = sampling.euler(patcher, noise[start:start + batch].to(device), sigmas, context.to(device),
-                           pooled.to(device), guidance)
-        # x is the model-space latent (what the transformer sees): pixels in [-1, 1] (vae.py)
-        pictures.append(((model_space_to_pixels(x.float().cpu()) + 1) / 2).clamp(0, 1))
+        pictures.append(sample_latents(run, context, pooled, noise[start:start + batch], steps, guidance))
     return torch.cat(pictures)
-
-
-def trainable_velocity(flux):
-    """v = flux(x_t, t, context, pooled, guidance) on the bare Flux module, blocks out of place so that
-    autograd works: the demo world's training forward (demo_world/training.py)."""
-    to = {"patches_replace": {"dit": block_replacements(flux)}}
-
-    def velocity(x_t, t, context, pooled, guidance):
-        return flux(x_t, t, context, y=pooled, guidance=guidance, transformer_options=to)
-    return velocity
 
 
 def sampler(patcher, clip):
     """sample(texts, seed) -> pictures, for demo_world/scoring.py's score_groups."""
     return lambda texts, seed: sample_images(patcher, clip, texts, seed=seed)
+
+
+def cond_sampler(run: FluxRunner):
+    """sample(context, pooled, seed) -> pictures, for demo_world/training.py's evaluations."""
+    return lambda context, pooled, seed: sample_latents(run, context, pooled, noise_for(context.shape[0], seed))

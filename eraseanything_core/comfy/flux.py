@@ -5,9 +5,10 @@
   silently wrong. Ours compute the same values without mutation (tests/integration/test_gradients.py);
 - attention capture on chosen double blocks: softmax probabilities of every query on the concept
   key columns, differentiable, chunked (see `attention.py`);
-- `FluxRunner`: a training clone of the ModelPatcher with the LoRA as weight wrappers (base weights stay
-  as loaded, bf16 or fp8, no second copy), the velocity call, the model's sigma schedule, and a
-  count of the transformer passes a run spends;
+- `FluxRunner`: a clone of the ModelPatcher, with the erasure LoRA as weight wrappers when it trains one
+  (base weights stay as loaded, bf16 or fp8, no second copy); `forward`, the one Flux call of the pack
+  (Train, Inspect, the demo world's sampling and training); the model's sigma schedule; and a count of
+  the transformer passes a run spends;
 - `build_runner` (the LoRA for a MODEL and a config, with the dtype policy) and `train`, which runs
   the whole erasure on a MODEL and returns it with the LoRA patched in as Apply does.
 """
@@ -22,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 import comfy.ldm.flux.model
 import comfy.model_management
+import comfy.samplers
 from comfy.ldm.flux.layers import apply_mod
 from comfy.ldm.flux.math import apply_rope
 from comfy.ldm.modules.attention import optimized_attention
@@ -34,7 +36,6 @@ from ..lora import ErasureLoRA, flux_targets
 from ..lora_file import peft_state_dict
 from ..runner import AttentionCapture, PassCounter, TextCond
 from ..trainer import Callbacks, TrainResult, train_erasure
-from . import sampling
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def _make_trainable_copyable(module: torch.nn.Module):
 
 
 class FluxRunner:
-    """A training view of a Flux ModelPatcher: LoRA wrappers, out-of-place blocks, velocity calls."""
+    """A Flux ModelPatcher as the pack runs it: LoRA wrappers (when training), out-of-place blocks, forward calls."""
 
     def __init__(self, model_patcher, lora: ErasureLoRA | None = None, gradient_checkpointing=False):
         dm = check_flux(model_patcher)
@@ -205,9 +206,12 @@ class FluxRunner:
     def latent_channels(self) -> int:
         return self.patcher.model.latent_format.latent_channels
 
-    def load(self):
-        """Load onto the compute device (evicting text encoders and other models) and make the weights
-        usable by autograd. Call outside inference mode."""
+    def load(self, trainable: bool = True):
+        """Load onto the compute device. trainable (call outside inference mode): load fully, evicting text
+        encoders and other models, and make the weights usable by autograd; else load as a sampler does."""
+        if not trainable:
+            comfy.model_management.load_models_gpu([self.patcher])
+            return
         comfy.model_management.load_models_gpu([self.patcher], memory_required=1e20, force_full_load=True)
         _make_trainable_copyable(self.patcher.model)
         self.patcher.model.requires_grad_(False)
@@ -215,30 +219,34 @@ class FluxRunner:
             self.lora.to(self.device)
 
     def sigmas(self, steps: int) -> torch.Tensor:
-        """The model's own schedule ("simple"), steps + 1 values from sigma_max down to 0."""
-        return sampling.flux_sigmas(self.patcher, steps)
+        """The model's own "simple" schedule: steps + 1 sigmas from sigma_max down to 0, on the CPU."""
+        return comfy.samplers.calculate_sigmas(self.patcher.get_model_object("model_sampling"), "simple", steps).cpu()
 
-    def velocity(self, x_t, sigma: float, conds: list[TextCond], guidance: float, capture: AttentionCapture | None = None):
-        """v = model(x_t, sigma, text) for a batch: x_t (b, c, h, w) in model space, one cond per sample.
+    def forward(self, x_t, sigma: torch.Tensor, context, pooled, guidance: torch.Tensor,
+                capture: AttentionCapture | None = None, transformer_options: dict | None = None):
+        """v (b, c, h, w) for x_t (b, c, h, w) in model space at sigma (b,), context (b, n_txt, d),
+        pooled (b, d_vec), guidance (b,): one call of the Flux as ComfyUI's apply_model makes it for a
+        CONST (flow) model, whose input is x_t itself and whose timestep is sigma. Every Flux call of the
+        pack (Train, Inspect, the demo world's sampling and training) goes through here.
 
-        Returns v (b, c, h, w) in the compute dtype, or None for a truncated pass (capture.stop_after).
-        """
+        The blocks run out of place (module docstring) under grad, with an attention capture, and in every
+        pass of a training runner (one with a LoRA), so that its frozen references and its trained passes
+        are the same arithmetic; otherwise they are the model's own, so an inference pass computes what a
+        KSampler computes, other nodes' block patches included. transformer_options are added to the
+        patcher's own. Returns v in the compute dtype, or None for a pass truncated by capture.stop_after."""
         b = x_t.shape[0]
-        if len(conds) != b:
-            raise ValueError(f"{len(conds)} text conditions for a batch of {b}")
-        to = dict(self.patcher.model_options.get("transformer_options", {}))
-        to["patches_replace"] = {**to.get("patches_replace", {}), "dit": self.replacements}
+        to = {**self.patcher.model_options.get("transformer_options", {}), **(transformer_options or {})}
+        if torch.is_grad_enabled() or capture is not None or self.lora is not None:
+            to["patches_replace"] = {**to.get("patches_replace", {}), "dit": self.replacements}
         to[CAPTURE_KEY] = capture
+        to["sigmas"] = sigma
         device, dtype = self.device, self.dtype
-        context = torch.cat([c.context for c in conds]).to(device, dtype)
-        pooled = torch.cat([c.pooled for c in conds]).to(device, dtype)
         # The timestep and guidance reach the model in float32 at least, as ComfyUI's samplers pass them:
         # in bf16, sigma 0.7634 would embed as 0.7617.
         scalar_dtype = torch.promote_types(dtype, torch.float32)
-        timestep = torch.full((b,), float(sigma), device=device, dtype=scalar_dtype)
-        guidance_vec = torch.full((b,), float(guidance), device=device, dtype=scalar_dtype)
         try:
-            v = self.diffusion_model(x_t.to(device, dtype), timestep, context, y=pooled, guidance=guidance_vec,
+            v = self.diffusion_model(x_t.to(device, dtype), sigma.to(device, scalar_dtype), context.to(device, dtype),
+                                     y=pooled.to(device, dtype), guidance=guidance.to(device, scalar_dtype),
                                      transformer_options=to)
         except _StopForward:
             self.counter.forwards += b * (capture.stop_after + 1) / self.total_blocks
@@ -248,12 +256,20 @@ class FluxRunner:
             self._grad_samples += b
         return v
 
+    def velocity(self, x_t, sigma: float, conds: list[TextCond], guidance: float, capture: AttentionCapture | None = None):
+        """The trainer's call (runner.Runner): v for a batch x_t (b, c, h, w) at one sigma, one cond per sample."""
+        b = x_t.shape[0]
+        if len(conds) != b:
+            raise ValueError(f"{len(conds)} text conditions for a batch of {b}")
+        context = torch.cat([c.context for c in conds])
+        pooled = torch.cat([c.pooled for c in conds])
+        return self.forward(x_t, torch.full((b,), float(sigma)), context, pooled, torch.full((b,), float(guidance)),
+                            capture)
+
     def count_backward(self):
         """Count a backward through every sample forwarded with grad since the last one."""
         self.counter.backwards += self._grad_samples
         self._grad_samples = 0
-
-
 
 
 def build_runner(model_patcher, cfg: EraseConfig) -> FluxRunner:

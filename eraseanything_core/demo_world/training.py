@@ -1,4 +1,4 @@
-"""Training and sampling the demo world: rectified flow on ComfyUI's Flux module and T5, jointly.
+"""Training and evaluating the demo world: rectified flow on ComfyUI's Flux module and T5, jointly.
 
 Model space: x0 (b, 16, 16, 16) are the pixel-unshuffled images in [-1, 1] (vae.py), noise e ~ N(0, I),
 x_t = (1 - t) x0 + t e with t ~ U(0, 1), and the Flux predicts v = e - x0 (ComfyUI's CONST sampling:
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import shapes
 from . import text as world_text
-from .vae import model_space_to_pixels, pixels_to_model_space
+from .vae import pixels_to_model_space
 
 
 # ComfyUI's ModelSamplingFlux: sigma = flux_time_shift(mu=1.15, 1, t) = s t / (1 + (s - 1) t), s = e^1.15.
@@ -64,8 +64,10 @@ class TextTable:
         return self.context(clip_model, texts), self.pooled_for(texts)
 
 
-# `velocity` below is (x_t, t, context, pooled, guidance) -> v (b, 16, h, w): the Flux module with its
-# blocks out of place (comfy/demo_world.py: trainable_velocity), so that autograd works.
+# `velocity` below is (x_t (b, 16, h, w), t (b,), context, pooled, guidance (b,)) -> v (b, 16, h, w): the
+# adapter's FluxRunner.forward, whose blocks run out of place under grad, so that autograd works.
+# `sample` is (context (b, n, 64), pooled (b, 32), seed) -> pictures (b, 3, 32, 32) in [0, 1]: the adapter's
+# Euler through the same runner (comfy/demo_world.py: cond_sampler), what KSampler draws.
 
 
 def flow_loss(velocity, clip_model, table: TextTable, images, texts, gen: torch.Generator, p_pooled_true: float):
@@ -85,19 +87,6 @@ def flow_loss(velocity, clip_model, table: TextTable, images, texts, gen: torch.
     return F.mse_loss(v_pred, noise - x0)
 
 
-@torch.no_grad()
-def sample(velocity, context, pooled, gen: torch.Generator, steps: int = 16, guidance: float = 3.5) -> torch.Tensor:
-    """Euler from t=1 to 0 on ComfyUI's Flux grid (a uniform grid, time_shift-warped): images (b, 3, 32, 32) in [0, 1] for context (b, n, 64), pooled (b, 32)."""
-    b = context.shape[0]
-    x = torch.randn((b, 16, 16, 16), generator=gen)
-    ts = time_shift(torch.linspace(1, 0, steps + 1))
-    g = torch.full((b,), guidance)
-    for t_now, t_next in zip(ts[:-1], ts[1:]):
-        v = velocity(x, torch.full((b,), float(t_now)), context, pooled, g)
-        x = x + (t_next - t_now) * v
-    return ((model_space_to_pixels(x) + 1) / 2).clamp(0, 1)
-
-
 def prompt_grid(per_pair: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Prompts "a {colour} {shape}" for every pair, per_pair times: texts, shape_idx, colour_idx."""
     texts, s_idx, c_idx = [], [], []
@@ -110,17 +99,17 @@ def prompt_grid(per_pair: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def prompt_accuracy(velocity, clip_model, table, judge, seed: int, per_pair: int = 4, steps: int = 16):
+def prompt_accuracy(sample, clip_model, table, judge, seed: int, per_pair: int = 4):
     """(shape accuracy, colour accuracy) of the judge on samples of every "a {colour} {shape}" prompt."""
     texts, s_idx, c_idx = prompt_grid(per_pair)
     context, pooled = table.encode(clip_model, texts)
-    images = sample(velocity, context, pooled, torch.Generator().manual_seed(seed), steps)
+    images = sample(context, pooled, seed)
     s_pred, c_pred = judge.predict(images)
     return (s_pred == s_idx).float().mean().item(), (c_pred == c_idx).float().mean().item()
 
 
 @torch.no_grad()
-def swap_test(velocity, clip_model, table, judge, target: str, seed: int, n: int = 64, steps: int = 16,
+def swap_test(sample, clip_model, table, judge, target: str, seed: int, n: int = 64,
               neutral: str = "a shape") -> dict[str, float]:
     """Share of samples the judge calls `target` (a shape, or a colour) when the concept reaches the model by
     one path only: tokens of "a {shape}" (or "a {colour} shape") with the pooled vector of `neutral`, and the
@@ -134,6 +123,6 @@ def swap_test(velocity, clip_model, table, judge, target: str, seed: int, n: int
     out = {}
     for name, ctx, pool in (("both", ctx_c, pool_c), ("tokens_only", ctx_c, pool_n),
                             ("pooled_only", ctx_n, pool_c), ("neither", ctx_n, pool_n)):
-        images = sample(velocity, ctx, pool, torch.Generator().manual_seed(seed), steps)
+        images = sample(ctx, pool, seed)
         out[name] = (judge.predict(images)[kind] == index).float().mean().item()
     return out

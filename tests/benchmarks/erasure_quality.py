@@ -8,7 +8,7 @@ For each target (the shapes "circle" and "triangle", the colour "red"), each row
 seed, one erasure run on the world's Flux, applied with ComfyUI's LoRA loader, then pictures sampled
 through ComfyUI's model for every prompt group of `eraseanything_core.demo_world.scoring` (the same noise
 for every row and seed) and read by the judge, on two template sets: the world's own caption templates
-and HELDOUT_TEMPLATES, written here and used by nothing else (not training, data, defaults or tuning).
+and HELDOUT_TEMPLATES, written here and read only by the benchmarks (never by training, data, defaults or tuning).
 
   acc_e            share of target prompts whose pictures still show the target (lower is better)
   acc_e_floor      share of the anchor prompts' pictures that show the target (what ESD pulls toward)
@@ -23,9 +23,10 @@ Each is the mean over SEEDS, with its standard deviation (`_sd`); `_base` is the
 Attention quality: the Attention Map Inspect node's runtime on generator pictures of the target with
 ground-truth masks, prompt "a {colour} {shape}", word = the target; its soft mask (min-max normalised,
 upsampled to 32x32) thresholded at 0.5 against the true mask: mean IoU per mode, before and after the
-default erasure (seed 0). Plus the pathway swap test of the world (the concept through tokens vs pooled vector).
-Writes its section of tests/benchmarks/RESULTS.md and the `specificity`, `attention_miou`,
-`judge_heldout_accuracy` and `demo_world_swap_test` keys of results.json.
+default erasure (seed 0). The un-erased world itself (what it draws, its maps for every word, the swap
+test) is measured by tests/benchmarks/demo_world_quality.py.
+Writes its section of tests/benchmarks/RESULTS.md and the `specificity`, `attention_miou` and
+`judge_heldout_accuracy` keys of results.json.
 """
 
 import argparse
@@ -48,7 +49,7 @@ from eraseanything_core import concepts  # noqa: E402
 from eraseanything_core.comfy import flux  # noqa: E402
 from eraseanything_core.comfy.text import ClipText  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
-from eraseanything_core.demo_world import scoring, shapes, training  # noqa: E402
+from eraseanything_core.demo_world import scoring, shapes  # noqa: E402
 from tests.benchmarks import results  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ SAMPLES_PER_GROUP = 100
 PROBES = 50          # generator pictures per target for attention IoU
 SEED = 1234          # sampling noise (the same for every row and seed)
 SEEDS = (0, 1, 2)    # erasure seeds per cell
-# Disjoint from shapes.FULL_TEMPLATES (the captions the world was trained on); nothing else reads these.
+# Disjoint from shapes.FULL_TEMPLATES (the captions the world was trained on); only benchmarks read these.
 HELDOUT_TEMPLATES = ("there is a {c} {s} here", "{s}, {c}", "a small {c} {s}", "an image of a {c} {s}",
                      "a {c} {s} in the middle", "look, a {c} {s}")
 # row: (prompt form of scoring.erasure_config, config changes); None = no erasure
@@ -173,15 +174,6 @@ def resolve_anchors(target: str) -> list[str]:
     return list(concepts.line_anchors(cfg.concept_prompts, target, cfg.anchor_prompts, cfg.anchor_word))
 
 
-def swap_tests(world, judge) -> dict:
-    patcher, clip, _ = world
-    comfy.model_management.load_models_gpu([patcher])
-    table = training.TextTable.build(clip)
-    dm = patcher.model.diffusion_model
-    return {target: training.swap_test(world_model.trainable_velocity(dm), clip.cond_stage_model, table, judge, target, seed=SEED)
-            for target in ("circle", "square", "triangle", "red", "blue")}
-
-
 def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -193,7 +185,7 @@ def _cell(row: dict, key: str) -> str:
     return _pct(row[key]) + (f" ± {100 * sd:.1f}" if sd else "")
 
 
-def markdown(quality: dict, miou: dict, swap: dict, judge_acc: dict, seeds) -> str:
+def markdown(quality: dict, miou: dict, judge_acc: dict, seeds) -> str:
     lines = [f"Demo world (models/demo_world: a tiny FLUX.1 built from ComfyUI's Flux classes, trained on 32x32 "
              f"shapes). Pictures: {world_model.SAMPLE_STEPS} Euler steps through ComfyUI's model, guidance "
              f"{world_model.GUIDANCE}, judged by the committed classifier (held-out accuracy: shape "
@@ -230,12 +222,6 @@ def markdown(quality: dict, miou: dict, swap: dict, judge_acc: dict, seeds) -> s
         for target, m in miou.items():
             for mode in ("raw", "output_space"):
                 lines.append(f"| {target} | {mode} | {m['base'][mode]:.3f} | {m.get('default', m['base'])[mode]:.3f} |")
-    lines += ["", "Pathway swap test of the world (share of 64 pictures judged to show the concept when it reaches the "
-              "model through one path only: the T5 tokens of 'a circle' / 'a red shape' with the pooled vector of the "
-              "neutral 'a shape', and the other way round):", "",
-              "| concept | tokens and pooled | tokens only | pooled only | neither |", "| --- | ---: | ---: | ---: | ---: |"]
-    for concept, s in swap.items():
-        lines.append(f"| {concept} | {_pct(s['both'])} | {_pct(s['tokens_only'])} | {_pct(s['pooled_only'])} | {_pct(s['neither'])} |")
     return "\n".join(lines)
 
 
@@ -310,13 +296,12 @@ def main(argv=None):
         print(json.dumps(specificity_json(quality), indent=1))
         print("\n".join(verdicts(quality)))
         return
-    swap = swap_tests(world, judge)
     mean = {mode: statistics.fmean(m["base"][mode] for m in miou.values()) for mode in ("raw", "output_space")}
     data = {"specificity": specificity_json(quality), "attention_miou": {**mean, "per_target": miou},
-            "judge_heldout_accuracy": judge_acc, "demo_world_swap_test": swap,
+            "judge_heldout_accuracy": judge_acc,
             "erasure_quality_seconds": round(time.perf_counter() - start, 1)}
     results.write_section("erasure_quality", data, "Erasure quality and specificity in the demo world",
-                          markdown(quality, miou, swap, judge_acc, seeds), command=COMMAND,
+                          markdown(quality, miou, judge_acc, seeds), command=COMMAND,
                           drop=("erasure_quality",))
     log.info("erasure_quality done in %.0f s", time.perf_counter() - start)
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from eraseanything_core.comfy import demo_world as world_model
+from eraseanything_core.comfy.flux import FluxRunner
 from eraseanything_core.demo_world import shapes, training
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,8 +56,10 @@ def test_trainable_t5_gives_the_same_values_and_gradients():
 
 def test_flow_loss_backpropagates_into_flux_and_t5():
     import numpy as np
-    flux = world_model.flux_module("cpu")
-    flux.load_state_dict(world_model.init_flux_state_dict(1))
+    run = FluxRunner(world_model.load_flux(world_model.init_flux_state_dict(1)))
+    run.load()
+    flux = run.diffusion_model
+    flux.requires_grad_(True)
     with torch.no_grad():  # the initial final layer is 0 (v = 0), which stops gradients below it
         flux.final_layer.linear.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
     clip = world_model.make_clip(seed=1)
@@ -64,7 +67,7 @@ def test_flow_loss_backpropagates_into_flux_and_t5():
     table = training.TextTable.build(clip)
     rng = np.random.default_rng(0)
     batch = shapes.sample(4, rng)
-    loss = training.flow_loss(world_model.trainable_velocity(flux), clip.cond_stage_model, table, batch.images, shapes.captions(batch, rng),
+    loss = training.flow_loss(run.forward, clip.cond_stage_model, table, batch.images, shapes.captions(batch, rng),
                               torch.Generator().manual_seed(0), p_pooled_true=0.1)
     loss.backward()
     assert torch.isfinite(loss) and flux.final_layer.linear.weight.grad.abs().sum() > 0

@@ -59,10 +59,9 @@ def test_the_concept_travels_through_the_tokens_not_the_pooled_vector(world, jud
     """The swap test: the T5 tokens of 'a red shape' with the pooled vector of 'a shape' draw
     red; the pooled vector of 'a red shape' with the tokens of 'a shape' draws red no more often than neither."""
     patcher, clip, _ = world
-    import comfy.model_management
-    comfy.model_management.load_models_gpu([patcher])
     table = training.TextTable.build(clip)
-    swap = training.swap_test(world_model.trainable_velocity(patcher.model.diffusion_model), clip.cond_stage_model, table, judge, "red", seed=3, n=48)
+    sample = world_model.cond_sampler(world_model.runner(patcher))
+    swap = training.swap_test(sample, clip.cond_stage_model, table, judge, "red", seed=3, n=48)
     assert swap["both"] >= 0.8 and swap["tokens_only"] >= 0.8, swap
     assert swap["pooled_only"] <= swap["neither"] + 0.15 and swap["pooled_only"] <= 0.5, swap
 

@@ -1,5 +1,6 @@
 """The host-boundary refactor changed where code lives, not what it computes: the same seed and inputs
-give a LoRA bit-identical to the one main produced before it (commit 859a4bd).
+give the LoRA main produced before it (commit 859a4bd): bit-identical on the machine that wrote the
+fixture, within float32 kernel differences on another CPU (flux_fixtures.assert_same_lora).
 
 tests/fixtures/lora_main_859a4bd.safetensors holds the LoRAs that commit trained here for each case
 below (keys "<case>/<PEFT key>"), on the seed-0 tiny Flux and tiny CLIP of tests/comfy_host.py, through
@@ -17,6 +18,7 @@ from eraseanything_core.config import EraseConfig
 from eraseanything_core.lora_file import peft_state_dict
 from eraseanything_core.trainer import train_erasure
 from tests import comfy_host
+from tests.integration.flux_fixtures import assert_same_lora
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lora_main_859a4bd.safetensors"
 BASE = dict(concept="nude", prompt="a nude girl with beautiful hair", steps=12, rank=4, seed=5,
@@ -37,7 +39,5 @@ def test_same_seed_gives_the_lora_main_gave_before_the_refactor(case, tiny_clip)
     train_erasure(cfg, runner, ClipText(tiny_clip))
     ours = peft_state_dict(runner.lora, torch.float32)
     before = {k.split("/", 1)[1]: v for k, v in load_file(FIXTURE).items() if k.startswith(f"{case}/")}
-    assert sorted(ours) == sorted(before)
-    changed = [k for k in ours if not torch.equal(ours[k], before[k])]
-    assert not changed, f"{len(changed)} of {len(ours)} tensors differ, e.g. {changed[:2]}"
+    assert_same_lora(ours, before, f"case {case}")
     assert any(v.abs().sum() > 0 for k, v in ours.items() if "lora_B" in k), "the run must have trained"

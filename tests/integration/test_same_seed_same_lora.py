@@ -1,6 +1,7 @@
 """The default preset (several prompt lines, per-line anchors, retain-set distillation) is deterministic:
 the same seed and inputs give a bit-identical LoRA, run after run, and the one this code produced when the
-retain set landed (tests/fixtures/lora_retain_default.safetensors: a refactor must not change it)."""
+retain set landed (tests/fixtures/lora_retain_default.safetensors: a refactor must not change it; matched
+within float32 kernel differences across CPUs, flux_fixtures.assert_same_lora)."""
 
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from eraseanything_core.config import EraseConfig
 from eraseanything_core.lora_file import peft_state_dict
 from eraseanything_core.trainer import train_erasure
 from tests import comfy_host
+from tests.integration.flux_fixtures import COMMITTED_LORA_ATOL, assert_same_lora
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lora_retain_default.safetensors"
 CFG = dict(concept="nude", prompt="a nude girl with beautiful hair\na nude man on a beach", anchor_word="clothed",
@@ -34,9 +36,6 @@ def test_same_seed_same_lora_and_the_one_committed(tiny_clip):
     assert "a portrait of a woman" in result.concepts.retain and len(result.concepts.retain) == 2 * 2 + 2 + 1
     assert "retain" in result.history[1]
     assert all(torch.equal(first[k], second[k]) for k in first)
-    committed = load_file(FIXTURE)
-    assert sorted(committed) == sorted(first)
-    changed = [k for k in first if not torch.equal(first[k], committed[k])]
-    assert not changed, f"{len(changed)} of {len(first)} tensors differ from the committed LoRA, e.g. {changed[:2]}"
+    assert_same_lora(first, load_file(FIXTURE), "the committed default LoRA")
     other, _ = train(tiny_clip, seed=6)
-    assert any(not torch.equal(first[k], other[k]) for k in first)
+    assert max((first[k] - other[k]).abs().max().item() for k in first) > 100 * COMMITTED_LORA_ATOL

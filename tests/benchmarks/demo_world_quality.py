@@ -1,0 +1,185 @@
+"""The demo world itself, un-erased: does it draw what it is told, and do its attention maps point at the object?
+
+Run: `python -m tests.benchmarks.demo_world_quality` from the repo root (a few minutes on two CPU cores;
+`--world DIR` measures other weights without writing RESULTS).
+
+  both_attributes          share of pictures of "{template}" prompts (every shape name x colour, the
+                           world's caption templates) judged right in shape and colour
+  both_attributes_heldout  the same on erasure_quality.HELDOUT_TEMPLATES, which the world never saw
+  per_shape, per_colour    both-attributes rate of the prompts naming that shape / colour (world templates)
+  per_synonym              share judged the synonym's shape, for each synonym (world templates)
+  attention_miou           the Attention Map Inspect node at its defaults (blocks -1, sigmas 0.9, 0.7, 0.5,
+                           heads mean, per-word scale) on generator pictures "a {colour} {shape}" with their
+                           true masks: mean IoU of the word's soft mask at 0.5, per word and mode
+  swap_test                the concept through the T5 tokens only / the pooled vector only (training.swap_test)
+  weights_mb, train_minutes, train_device   from the weight files and the training log
+
+Every group has at least SAMPLES_PER_GROUP pictures; the sampling noise is seeded (SEED).
+Writes its section of tests/benchmarks/RESULTS.md and the `demo_world` and `demo_world_swap_test` keys of
+results.json.
+"""
+
+import argparse
+import json
+import logging
+import math
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests import comfy_host
+
+comfy_host.import_comfy()  # before anything imports comfy
+
+from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
+from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
+from eraseanything_core.demo_world import scoring, shapes, training  # noqa: E402
+from tests.benchmarks import results  # noqa: E402
+from tests.benchmarks.erasure_quality import HELDOUT_TEMPLATES  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+WORLD_DIR = REPO / "models" / "demo_world"
+COMMAND = "python -m tests.benchmarks.demo_world_quality"
+SAMPLES_PER_GROUP = 100
+SEED = 1234
+WORDS = shapes.SHAPES + shapes.COLOUR_NAMES
+SWAP_TARGETS = ("circle", "square", "triangle", "cross", "red", "blue")
+
+
+def prompts(templates, per_group: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Every template x shape name x colour, repeated so that each shape and each colour has >= per_group."""
+    rows = [(t.format(c=c, s=s), si, ci) for si, s in enumerate(shapes.SHAPES)
+            for ci, c in enumerate(shapes.COLOUR_NAMES) for t in templates]
+    per_shape = len(rows) // len(shapes.SHAPES)
+    rows = rows * math.ceil(per_group / min(per_shape, len(rows) // len(shapes.COLOURS)))
+    return [r[0] for r in rows], torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
+
+
+def drawing(sample, judge, per_group: int) -> dict:
+    out = {}
+    for key, templates in (("both_attributes", shapes.FULL_TEMPLATES), ("both_attributes_heldout", HELDOUT_TEMPLATES)):
+        texts, s_idx, c_idx = prompts(templates, per_group)
+        s_pred, c_pred = judge.predict(sample(texts, SEED))
+        both = (s_pred == s_idx) & (c_pred == c_idx)
+        out[key] = both.float().mean().item()
+        suffix = "" if key == "both_attributes" else "_heldout"
+        out["per_shape" + suffix] = {s: both[s_idx == i].float().mean().item() for i, s in enumerate(shapes.SHAPES)}
+        out["per_colour" + suffix] = {c: both[c_idx == i].float().mean().item() for i, c in enumerate(shapes.COLOUR_NAMES)}
+        out["pictures" + suffix] = len(texts)
+    synonyms = [(w, shapes.SHAPES.index(s)) for s in shapes.SHAPES for w in shapes.SYNONYMS[s]]
+    per_word = math.ceil(per_group / (len(shapes.FULL_TEMPLATES) * len(shapes.COLOURS)))
+    texts = [t.format(c=c, s=w) for w, _ in synonyms for c in shapes.COLOUR_NAMES for t in shapes.FULL_TEMPLATES] * per_word
+    s_pred, _ = judge.predict(sample(texts, SEED))
+    n = len(texts) // (len(synonyms) * per_word)
+    truth = torch.tensor([si for _, si in synonyms for _ in range(n)] * per_word)
+    hits = (s_pred == truth).float().reshape(per_word, len(synonyms), n)
+    out["per_synonym"] = {w: hits[:, j].mean().item() for j, (w, _) in enumerate(synonyms)}
+    return out
+
+
+def attention(inspect_runtime, patcher, clip, vae, probes: int) -> dict:
+    """{word: {"raw": mIoU, "output_space": mIoU}} at the Inspect node's defaults."""
+    out = {}
+    for word in WORDS:
+        texts, batch = scoring.attention_probes(word, probes, seed=SEED)
+        out[word] = {}
+        for mode in ("attention", "output_space"):
+            ious = []
+            for i, text in enumerate(texts):
+                image = batch.images[i:i + 1].permute(0, 2, 3, 1)  # (1, 32, 32, 3) IMAGE
+                with torch.inference_mode():
+                    result = inspect_runtime.inspect(patcher, clip, text, word, image=image, vae=vae, mode=mode)
+                ious.append(scoring.iou(result.masks[0], batch.masks[i]))
+            out[word]["raw" if mode == "attention" else "output_space"] = statistics.fmean(ious)
+        log.info("attention mIoU %s: %s", word, out[word])
+    return out
+
+
+def swap_tests(world, judge) -> dict:
+    patcher, clip, _ = world
+    table = training.TextTable.build(clip)
+    sample = world_model.cond_sampler(world_model.runner(patcher))
+    return {target: training.swap_test(sample, clip.cond_stage_model, table, judge, target, seed=SEED)
+            for target in SWAP_TARGETS}
+
+
+def training_facts(world_dir: Path) -> dict:
+    """Size of the committed weight files and, from the training log, how long the world trained and where."""
+    files = (world_model.FLUX_FILE, world_model.TEXT_FILE, world_model.JUDGE_FILE)
+    out = {"weights_mb": round(sum((world_dir / f).stat().st_size for f in files) / 2 ** 20, 2)}
+    log_text = (world_dir / "train_log.txt").read_text()
+    starts = [m.start() for m in re.finditer(r"train_demo_world: seed", log_text)]
+    last_run = log_text[starts[-1]:] if starts else log_text
+    device = re.search(r"device (\w+)", last_run)
+    done = re.findall(r"done \(max steps\): (\d+) steps in ([\d.]+) min", last_run)
+    out["train_device"] = device.group(1) if device else "cpu"
+    out["train_minutes"] = float(done[-1][1]) if done else None
+    out["train_steps"] = int(done[-1][0]) if done else None
+    return out
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(d: dict, swap: dict) -> str:
+    lines = [f"The un-erased demo world (models/demo_world): pictures from {world_model.SAMPLE_STEPS} Euler steps "
+             f"through ComfyUI's model, guidance {world_model.GUIDANCE}, judged by the world's judge; at least "
+             f"{SAMPLES_PER_GROUP} pictures a group ({d['pictures']} on the world's caption templates, "
+             f"{d['pictures_heldout']} on the held-out ones). Weights {d['weights_mb']} MB; trained "
+             f"{d['train_minutes']} min ({d['train_steps']} steps) on {d['train_device']}.", "",
+             "| prompts | both attributes right |", "| --- | ---: |",
+             f"| world's templates | {_pct(d['both_attributes'])} |",
+             f"| held-out templates | {_pct(d['both_attributes_heldout'])} |"]
+    lines += [f"| naming {k} | {_pct(v)} (held-out {_pct(d['per_shape_heldout'][k])}) |" for k, v in d["per_shape"].items()]
+    lines += [f"| naming {k} | {_pct(v)} (held-out {_pct(d['per_colour_heldout'][k])}) |" for k, v in d["per_colour"].items()]
+    lines += [f"| synonym {k} (shape right) | {_pct(v)} |" for k, v in d["per_synonym"].items()]
+    lines += ["", "Attention Map Inspect at its defaults (last double block, sigmas 0.9, 0.7, 0.5, heads mean) on "
+              "generator pictures \"a {colour} {shape}\": mean IoU of the word's soft mask at 0.5 with the true mask.", "",
+              "| word | raw | output space |", "| --- | ---: | ---: |"]
+    lines += [f"| {w} | {m['raw']:.3f} | {m['output_space']:.3f} |" for w, m in d["attention_miou"].items()]
+    lines += ["", "Swap test: share of pictures showing the concept when it reaches the model through one path only.", "",
+              "| concept | both | T5 tokens only | pooled vector only | neither |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {t} | {_pct(s['both'])} | {_pct(s['tokens_only'])} | {_pct(s['pooled_only'])} | {_pct(s['neither'])} |"
+              for t, s in swap.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", type=Path, default=WORLD_DIR, help="other weights: measured, RESULTS not written")
+    parser.add_argument("--samples", type=int, default=SAMPLES_PER_GROUP)
+    parser.add_argument("--no-attention", action="store_true", help="trial only: skip the attention maps")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    world = world_model.load_world(args.world)
+    judge = judge_lib.load(args.world / world_model.JUDGE_FILE)
+    patcher, clip, vae = world
+    data = drawing(world_model.sampler(patcher, clip), judge, args.samples)
+    log.info("drawing: %s", json.dumps(data))
+    if not args.no_attention:
+        inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
+        data["attention_miou"] = attention(inspect_runtime, patcher, clip, vae, args.samples)
+    swap = swap_tests(world, judge)
+    log.info("swap: %s", json.dumps(swap))
+    data.update(training_facts(args.world))
+    data["seconds"] = round(time.perf_counter() - start, 1)
+    full = args.world.resolve() == WORLD_DIR.resolve() and args.samples == SAMPLES_PER_GROUP and not args.no_attention
+    if not full:
+        print(json.dumps({**data, "swap_test": swap}, indent=1))
+        return
+    results.write_section("demo_world_quality", {"demo_world": data, "demo_world_swap_test": swap},
+                          "The demo world, un-erased", markdown(data, swap), command=COMMAND)
+    log.info("demo_world_quality done in %.0f s", data["seconds"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()
