@@ -14,7 +14,7 @@ Run: `python -m tests.benchmarks.demo_world_quality` from the repo root (a few m
   swap_test                the concept through the T5 tokens only / the pooled vector only (training.swap_test)
   weights_mb, train_minutes, train_device   from the weight files and the training log
 
-Every group has at least SAMPLES_PER_GROUP pictures; the sampling noise is seeded (SEED).
+Every drawing group has at least SAMPLES_PER_GROUP pictures, every word ATTENTION_PROBES; the noise is seeded (SEED).
 Writes its section of tests/benchmarks/RESULTS.md and the `demo_world` and `demo_world_swap_test` keys of
 results.json.
 """
@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORLD_DIR = REPO / "models" / "demo_world"
 COMMAND = "python -m tests.benchmarks.demo_world_quality"
 SAMPLES_PER_GROUP = 100
+ATTENTION_PROBES = 50  # generator pictures per word (as erasure_quality.PROBES); one Inspect run each per mode
 SEED = 1234
 WORDS = shapes.SHAPES + shapes.COLOUR_NAMES
 SWAP_TARGETS = ("circle", "square", "triangle", "cross", "red", "blue")
@@ -141,7 +142,8 @@ def markdown(d: dict, swap: dict) -> str:
     lines += [f"| naming {k} | {_pct(v)} (held-out {_pct(d['per_colour_heldout'][k])}) |" for k, v in d["per_colour"].items()]
     lines += [f"| synonym {k} (shape right) | {_pct(v)} |" for k, v in d["per_synonym"].items()]
     lines += ["", "Attention Map Inspect at its defaults (last double block, sigmas 0.9, 0.7, 0.5, heads mean) on "
-              "generator pictures \"a {colour} {shape}\": mean IoU of the word's soft mask at 0.5 with the true mask.", "",
+              f"{ATTENTION_PROBES} generator pictures per word, prompt \"a {{colour}} {{shape}}\": mean IoU of the "
+              "word's soft mask at 0.5 with the true mask.", "",
               "| word | raw | output space |", "| --- | ---: | ---: |"]
     lines += [f"| {w} | {m['raw']:.3f} | {m['output_space']:.3f} |" for w, m in d["attention_miou"].items()]
     lines += ["", "Swap test: share of pictures showing the concept when it reaches the model through one path only.", "",
@@ -166,7 +168,7 @@ def main(argv=None):
     log.info("drawing: %s", json.dumps(data))
     if not args.no_attention:
         inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
-        data["attention_miou"] = attention(inspect_runtime, patcher, clip, vae, args.samples)
+        data["attention_miou"] = attention(inspect_runtime, patcher, clip, vae, ATTENTION_PROBES)
     swap = swap_tests(world, judge)
     log.info("swap: %s", json.dumps(swap))
     data.update(training_facts(args.world))
