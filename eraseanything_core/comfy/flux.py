@@ -263,8 +263,9 @@ class FluxRunner:
             raise ValueError(f"{len(conds)} text conditions for a batch of {b}")
         context = torch.cat([c.context for c in conds])
         pooled = torch.cat([c.pooled for c in conds])
-        return self.forward(x_t, torch.full((b,), float(sigma)), context, pooled, torch.full((b,), float(guidance)),
-                            capture)
+        # float64 here: forward casts to the model's scalar dtype, so a float64 model sees sigma unrounded
+        return self.forward(x_t, torch.full((b,), float(sigma), dtype=torch.float64), context, pooled,
+                            torch.full((b,), float(guidance), dtype=torch.float64), capture)
 
     def count_backward(self):
         """Count a backward through every sample forwarded with grad since the last one."""
