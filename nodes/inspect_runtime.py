@@ -4,8 +4,9 @@ with the capture as the attention override, then masks, a labelled overlay grid 
 The model runs through the adapter's FluxRunner (the pack's one way of calling a Flux) on a clone of the
 input ModelPatcher, loaded as a sampler loads it, with its own blocks and transformer_options plus the
 capture, the text length and the sigma. Sampler-level wrappers (`model_function_wrapper`) are not
-applied: this is one model call per sigma, not a sampler run. Everything random comes from `seed`, so the outputs are deterministic:
-run the node on two MODEL inputs (before / after an erasure) with the same seed to compare them.
+applied: this is one model call per sigma, not a sampler run. Everything random comes from `seed`, so
+the outputs are deterministic: run the node on two MODEL inputs (before / after an erasure) with the
+same seed to compare them.
 """
 
 import logging

@@ -24,11 +24,9 @@ import json
 import logging
 import math
 import re
-import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tests import comfy_host
@@ -37,9 +35,9 @@ comfy_host.import_comfy()  # before anything imports comfy
 
 from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
-from eraseanything_core.demo_world import scoring, shapes, training  # noqa: E402
+from eraseanything_core.demo_world import shapes, training  # noqa: E402
 from tests.benchmarks import results  # noqa: E402
-from tests.benchmarks.erasure_quality import HELDOUT_TEMPLATES  # noqa: E402
+from tests.benchmarks.erasure_quality import HELDOUT_TEMPLATES, attention_miou  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +86,7 @@ def attention(inspect_runtime, patcher, clip, vae, probes: int) -> dict:
     """{word: {"raw": mIoU, "output_space": mIoU}} at the Inspect node's defaults."""
     out = {}
     for word in WORDS:
-        texts, batch = scoring.attention_probes(word, probes, seed=SEED)
-        out[word] = {}
-        for mode in ("attention", "output_space"):
-            ious = []
-            for i, text in enumerate(texts):
-                image = batch.images[i:i + 1].permute(0, 2, 3, 1)  # (1, 32, 32, 3) IMAGE
-                with torch.inference_mode():
-                    result = inspect_runtime.inspect(patcher, clip, text, word, image=image, vae=vae, mode=mode)
-                ious.append(scoring.iou(result.masks[0], batch.masks[i]))
-            out[word]["raw" if mode == "attention" else "output_space"] = statistics.fmean(ious)
+        out[word] = attention_miou(inspect_runtime, patcher, clip, vae, word, probes)
         log.info("attention mIoU %s: %s", word, out[word])
     return out
 

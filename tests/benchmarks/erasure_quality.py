@@ -87,8 +87,10 @@ ROW_NAMES = {"none": "no erasure",
 METRICS = ("acc_e", "acc_e_floor", "acc_g", "acc_ir_all", "acc_ir_same", "kept_on_target")
 
 
-def attention_miou(inspect_runtime, patcher, clip, vae, target: str) -> dict:
-    texts, batch = scoring.attention_probes(target, PROBES, seed=SEED)
+def attention_miou(inspect_runtime, patcher, clip, vae, target: str, probes: int = PROBES) -> dict:
+    """{"raw": mIoU, "output_space": mIoU} of the target word's Inspect map (node defaults) on `probes`
+    generator pictures of the target with their true masks."""
+    texts, batch = scoring.attention_probes(target, probes, seed=SEED)
     out = {}
     for mode in ("attention", "output_space"):
         ious = []
