@@ -1,6 +1,6 @@
 """Train the embedded demo world: the judge, then the tiny Flux + T5 jointly. Reproducible.
 
-    python tools/train_demo_world.py                    # judge + world, 6000 steps of batch 32 (the committed weights)
+    python tools/train_demo_world.py --threads 1        # judge + world, 8000 steps of batch 32 (the committed weights)
     python tools/train_demo_world.py --max-steps 500    # a short run (weights are saved at every eval)
     python tools/train_demo_world.py --max-steps 0      # the judge only (the world does not depend on it)
 
@@ -43,12 +43,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "models" / "demo_world")
-    p.add_argument("--max-steps", type=int, default=6000, help="training steps of the world (the reproducible stop); 0: judge only")
+    p.add_argument("--max-steps", type=int, default=8000, help="training steps of the world (the reproducible stop); 0: judge only")
     p.add_argument("--minutes", type=float, default=1e9, help="optional wall-clock cap (a capped run is not reproducible)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--p-pooled-true", type=float, default=0.1, help="share of samples whose pooled vector is their own caption's")
     p.add_argument("--p-partial", type=float, default=0.2, help="share of captions that omit the colour, the shape or both")
+    p.add_argument("--p-filler", type=float, default=0.3, help="share of full captions with a filler word before or after them")
+    p.add_argument("--p-background", type=float, default=0.0, help="share of pictures on a coloured background their caption names (tried at 0.25: docs/demo_world.md)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--judge-steps", type=int, default=2000)
     p.add_argument("--reuse-judge", action="store_true", help="load judge.safetensors instead of training it")
@@ -151,8 +153,8 @@ def train_world(args, judge):
              len(table.captions), json.dumps({k: str(v) for k, v in vars(args).items()}))
     metrics = {}
     while step < args.max_steps and time.time() - t0 < args.minutes * 60:
-        batch = shapes.sample(args.batch, rng)
-        texts = shapes.captions(batch, rng, args.p_partial)
+        batch = shapes.sample(args.batch, rng, args.p_background)
+        texts = shapes.captions(batch, rng, args.p_partial, args.p_filler)
         loss = training.flow_loss(run.forward, clip_model, table, batch.images, texts, gen, args.p_pooled_true)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr (now {args.lr:g})")

@@ -24,13 +24,29 @@ BACKGROUND = (0.15, 0.15, 0.15)
 # mean is the same blob, so the shape word barely moves the prediction at high noise and the layout is
 # left to the noise (docs/demo_world.md). Centres within a few pixels of the middle keep the position
 # random but let each shape word mean a distinct layout, as a colour word means a distinct colour.
-HALF_EXTENT = (8.0, 12.0)
+# One size for every shape (half-extent 9.5-10.5 px), and a square as wide as the circle: with sizes
+# 8-12 px and the square at 0.85 of the circle's half-extent, circles and squares differed by two pixels
+# at the corners, and the first world drew them right 73% and 65% of the time (docs/demo_world.md).
+HALF_EXTENT = (9.5, 10.5)
 CENTRE_JITTER = 3.0
 
 # {c} colour word, {s} shape word. Full captions name both; partial ones name one or none, so "a shape"
 # and "a red shape" mean something (an anchor that does not depict a given shape, Acc_e's floor).
 FULL_TEMPLATES = ("a {c} {s}", "a {s} painted {c}", "a {c} {s} on a plain background", "{c} {s}",
-                  "a picture of a {c} {s}", "the {s} is {c}", "one {c} {s}")
+                  "a picture of a {c} {s}", "the {s} is {c}", "one {c} {s}", "a drawing of a {c} {s}",
+                  "this is a {c} {s}", "a {s} that is {c}", "the {c} {s}", "a {s} in {c}")
+# A picture on a coloured background {b} (never the object's colour) always names it, so that drawing it right
+# needs the object's image tokens to read the object's colour word and the background's the other one. Tried
+# for the colour maps (train_demo_world.py --p-background 0.25) and not used: it drew worse and the maps did
+# not localise (docs/demo_world.md). Its captions stay in all_captions(): the committed world's training drew
+# its swapped pooled vectors from that set.
+BACKGROUND_TEMPLATES = ("a {c} {s} on a {b} background", "a {c} {s} on {b}", "a {s} painted {c} on a {b} background")
+# Words a caption may start or end with that say nothing about the picture, so that unseen words around a
+# prompt ("look, a red circle") do not throw the drawing. None of them is in the benchmark's held-out
+# templates (erasure_quality.HELDOUT_TEMPLATES), and none names a shape, colour or size.
+FILLERS = ("wow", "see", "now", "today", "simple", "nice", "new", "just", "only", "very", "flat", "neat",
+           "cool", "great", "my", "hey", "oh", "okay", "well", "so", "yes", "please", "sharp", "done")
+FILLER_FORMS = ("{w}, {t}", "{w} {t}", "{t}, {w}", "{t} {w}")
 SHAPE_TEMPLATES = ("a {s}", "a picture of a {s}", "one {s}")
 COLOUR_TEMPLATES = ("a {c} shape", "something {c}")
 NEUTRAL_CAPTIONS = ("a shape", "")
@@ -43,11 +59,13 @@ def shape_words(shape: str) -> tuple[str, ...]:
 
 @dataclass
 class Batch:
-    """images (n, 3, 32, 32) float32 in [0, 1]; masks (n, 32, 32) bool; shape_idx, colour_idx (n,) int64."""
+    """images (n, 3, 32, 32) float32 in [0, 1]; masks (n, 32, 32) bool; shape_idx, colour_idx (n,) int64;
+    background_idx (n,) int64: -1 for the plain grey BACKGROUND, else the index of the background's colour."""
     images: torch.Tensor
     masks: torch.Tensor
     shape_idx: torch.Tensor
     colour_idx: torch.Tensor
+    background_idx: torch.Tensor
 
 
 def shape_mask(shape: str, cy: float, cx: float, r: float, size: int = SIZE) -> np.ndarray:
@@ -57,8 +75,7 @@ def shape_mask(shape: str, cy: float, cx: float, r: float, size: int = SIZE) -> 
     if shape == "circle":
         return dy * dy + dx * dx <= r * r
     if shape == "square":
-        s = 0.85 * r  # same area scale as the circle, roughly
-        return (np.abs(dy) <= s) & (np.abs(dx) <= s)
+        return (np.abs(dy) <= r) & (np.abs(dx) <= r)  # the circle's bounding box: corners 0.41 r beyond it
     if shape == "triangle":  # apex up; rows cy - r (apex) to cy + 0.8 r (base, width 2r)
         top, bottom = cy - r, cy + 0.8 * r
         half_width = (y - top) / (bottom - top) * r
@@ -69,34 +86,50 @@ def shape_mask(shape: str, cy: float, cx: float, r: float, size: int = SIZE) -> 
     raise ValueError(f"shape: unknown shape {shape!r}; use one of {SHAPES}")
 
 
-def draw(shape_idx, colour_idx, rng: np.random.Generator, size: int = SIZE) -> Batch:
+def draw(shape_idx, colour_idx, rng: np.random.Generator, size: int = SIZE, background_idx=None) -> Batch:
     """Draw one image per (shape, colour) pair at a random size (half-extent HALF_EXTENT px) and a
-    random position (centre within CENTRE_JITTER px of the image's centre on each axis)."""
+    random position (centre within CENTRE_JITTER px of the image's centre on each axis), on the plain
+    background or, where background_idx >= 0, on that colour."""
     shape_idx = np.asarray(shape_idx, dtype=np.int64)
     colour_idx = np.asarray(colour_idx, dtype=np.int64)
     n = len(shape_idx)
+    background_idx = np.full(n, -1, dtype=np.int64) if background_idx is None else np.asarray(background_idx, dtype=np.int64)
     r = rng.uniform(*HALF_EXTENT, n)
     cy = size / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, n)
     cx = size / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, n)
     masks = np.stack([shape_mask(SHAPES[s], cy[i], cx[i], r[i], size) for i, s in enumerate(shape_idx)])
     colours = np.array([COLOURS[COLOUR_NAMES[c]] for c in colour_idx], dtype=np.float32)  # (n, 3)
-    background = np.array(BACKGROUND, dtype=np.float32)
-    images = np.where(masks[:, None], colours[:, :, None, None], background[None, :, None, None])
+    palette = np.array([COLOURS[c] for c in COLOUR_NAMES] + [BACKGROUND], dtype=np.float32)  # index -1: plain
+    backgrounds = palette[background_idx]  # (n, 3)
+    images = np.where(masks[:, None], colours[:, :, None, None], backgrounds[:, :, None, None])
     return Batch(torch.from_numpy(images.astype(np.float32)), torch.from_numpy(masks),
-                 torch.from_numpy(shape_idx), torch.from_numpy(colour_idx))
+                 torch.from_numpy(shape_idx), torch.from_numpy(colour_idx), torch.from_numpy(background_idx))
 
 
-def sample(n: int, rng: np.random.Generator) -> Batch:
-    """n images with uniformly random shapes and colours."""
-    return draw(rng.integers(0, len(SHAPES), n), rng.integers(0, len(COLOURS), n), rng)
+def sample(n: int, rng: np.random.Generator, p_background: float = 0.0) -> Batch:
+    """n images with uniformly random shapes and colours; with probability p_background on a background
+    of another colour (no extra random draws when p_background is 0)."""
+    shape_idx, colour_idx = rng.integers(0, len(SHAPES), n), rng.integers(0, len(COLOURS), n)
+    background_idx = None
+    if p_background > 0:
+        # a uniformly random colour other than the object's: shift by 1..len-1
+        other = (colour_idx + rng.integers(1, len(COLOURS), n)) % len(COLOURS)
+        background_idx = np.where(rng.random(n) < p_background, other, -1)
+    return draw(shape_idx, colour_idx, rng, background_idx=background_idx)
 
 
-def caption(shape: str, colour: str, rng: np.random.Generator, p_partial: float = 0.0) -> str:
+def caption(shape: str, colour: str, rng: np.random.Generator, p_partial: float = 0.0,
+            background: str | None = None, p_filler: float = 0.0) -> str:
     """A caption for a (shape, colour) image: a random full template with the name or a synonym (each
     word of the shape equally likely). With probability p_partial: a caption that leaves out the
-    colour, the shape or both (split 0.4 / 0.4 / 0.2)."""
+    colour, the shape or both (split 0.4 / 0.4 / 0.2). A picture on a coloured `background` always gets a
+    full caption that names it. With probability p_filler a full caption gets a FILLERS word before or
+    after it (no extra random draws when p_filler is 0)."""
     words = shape_words(shape)
     s = words[rng.integers(len(words))]
+    if background is not None:
+        return _with_filler(BACKGROUND_TEMPLATES[rng.integers(len(BACKGROUND_TEMPLATES))].format(
+            c=colour, s=s, b=background), rng, p_filler)
     if rng.random() < p_partial:
         u = rng.random()
         if u < 0.4:
@@ -104,21 +137,31 @@ def caption(shape: str, colour: str, rng: np.random.Generator, p_partial: float 
         if u < 0.8:
             return COLOUR_TEMPLATES[rng.integers(len(COLOUR_TEMPLATES))].format(c=colour)
         return NEUTRAL_CAPTIONS[rng.integers(len(NEUTRAL_CAPTIONS))]
-    return FULL_TEMPLATES[rng.integers(len(FULL_TEMPLATES))].format(c=colour, s=s)
+    return _with_filler(FULL_TEMPLATES[rng.integers(len(FULL_TEMPLATES))].format(c=colour, s=s), rng, p_filler)
 
 
-def captions(batch: Batch, rng: np.random.Generator, p_partial: float = 0.0) -> list[str]:
-    return [caption(SHAPES[s], COLOUR_NAMES[c], rng, p_partial) for s, c in zip(batch.shape_idx.tolist(), batch.colour_idx.tolist())]
+def _with_filler(text: str, rng: np.random.Generator, p_filler: float) -> str:
+    if p_filler <= 0 or rng.random() >= p_filler:
+        return text
+    form = FILLER_FORMS[rng.integers(len(FILLER_FORMS))]
+    return form.format(w=FILLERS[rng.integers(len(FILLERS))], t=text)
+
+
+def captions(batch: Batch, rng: np.random.Generator, p_partial: float = 0.0, p_filler: float = 0.0) -> list[str]:
+    return [caption(SHAPES[s], COLOUR_NAMES[c], rng, p_partial, None if b < 0 else COLOUR_NAMES[b], p_filler)
+            for s, c, b in zip(batch.shape_idx.tolist(), batch.colour_idx.tolist(), batch.background_idx.tolist())]
 
 
 def all_captions() -> list[str]:
-    """Every caption the generator can write, sorted (a closed set: ~250 strings)."""
+    """Every caption the generator can write without a filler word, sorted (a closed set: 967 strings;
+    with fillers there are 96 times as many full captions, which training.TextTable encodes when met)."""
     out = set(NEUTRAL_CAPTIONS)
     for shape in SHAPES:
         for s in shape_words(shape):
             out.update(t.format(s=s) for t in SHAPE_TEMPLATES)
             for c in COLOUR_NAMES:
                 out.update(t.format(c=c, s=s) for t in FULL_TEMPLATES)
+                out.update(t.format(c=c, s=s, b=b) for t in BACKGROUND_TEMPLATES for b in COLOUR_NAMES if b != c)
     for c in COLOUR_NAMES:
         out.update(t.format(c=c) for t in COLOUR_TEMPLATES)
     return sorted(out)

@@ -36,28 +36,46 @@ def time_shift(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TextTable:
-    """Every caption of the closed caption set, tokenized once by ComfyUI's FluxTokenizer. CLIP-L is
-    frozen (its seeded random weights), so the pooled vectors are computed once: pooled (n_captions, 32)."""
+    """Captions tokenized by ComfyUI's FluxTokenizer, each once: the closed caption set up front, and any
+    other caption (one with a filler word, an extra prompt) when first met. CLIP-L is frozen (its seeded
+    random weights), so a caption's pooled vector is computed once too: pooled (n_captions, 32). The
+    first `n_closed` rows are the closed set, from which flow_loss draws the swapped pooled vectors."""
+    clip: object
     captions: list[str]
     index: dict[str, int]
     t5_ids: list[list[int]]
     pooled: torch.Tensor
+    n_closed: int
 
     @classmethod
     def build(cls, clip, extra: tuple[str, ...] = ()) -> "TextTable":
-        captions = sorted(set(shapes.all_captions()) | set(extra))
-        t5_ids, clip_l_ids = world_text.tokenize(clip, captions)
-        _, pooled = world_text.encode(clip.cond_stage_model, t5_ids[:1], clip_l_ids)
-        return cls(captions, {c: i for i, c in enumerate(captions)}, t5_ids, pooled)
+        table = cls(clip, [], {}, [], torch.zeros(0, 0), 0)
+        table.add(sorted(set(shapes.all_captions()) | set(extra)))
+        table.n_closed = len(table.captions)
+        return table
+
+    def add(self, texts: list[str]):
+        """Tokenize and pool the captions not yet in the table (in order of first appearance)."""
+        new = list(dict.fromkeys(t for t in texts if t not in self.index))
+        if not new:
+            return
+        t5_ids, clip_l_ids = world_text.tokenize(self.clip, new)
+        _, pooled = world_text.encode(self.clip.cond_stage_model, t5_ids[:1], clip_l_ids)
+        self.index.update({t: len(self.captions) + i for i, t in enumerate(new)})
+        self.captions += new
+        self.t5_ids += t5_ids
+        self.pooled = pooled if self.pooled.numel() == 0 else torch.cat([self.pooled, pooled])
 
     def context(self, clip_model, texts: list[str]) -> torch.Tensor:
         """T5 stream (b, 16, 64) for `texts`, each distinct caption encoded once; differentiable."""
+        self.add(texts)
         rows = [self.index[t] for t in texts]
         unique = sorted(set(rows))
         context, _ = clip_model.t5xxl([self.t5_ids[r] for r in unique])
         return context[torch.tensor([unique.index(r) for r in rows])]
 
     def pooled_for(self, texts: list[str]) -> torch.Tensor:
+        self.add(texts)
         return self.pooled[torch.tensor([self.index[t] for t in texts])]
 
     def encode(self, clip_model, texts: list[str]):
@@ -78,7 +96,7 @@ def flow_loss(velocity, clip_model, table: TextTable, images, texts, gen: torch.
     t = time_shift(torch.rand((b,), generator=gen))
     x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
     swap = torch.rand((b,), generator=gen) >= p_pooled_true
-    other = torch.randint(0, len(table.captions), (b,), generator=gen)
+    other = torch.randint(0, table.n_closed, (b,), generator=gen)
     pooled_texts = [table.captions[o] if s else txt for txt, s, o in zip(texts, swap.tolist(), other.tolist())]
     context = table.context(clip_model, texts)
     pooled = table.pooled_for(pooled_texts)

@@ -1,7 +1,6 @@
 """The committed demo world (models/demo_world) does what the benchmark and the demo rely on: it draws the
-colour it is asked for, and the shape where the benchmark erases one (triangles and crosses; its circles and
-squares are often confused: docs/demo_world.md), the concept reaches it through the T5 tokens, and the demo
-erases "red" end to end."""
+shape and the colour it is asked for, the concept reaches it through the T5 tokens, and the demo erases
+"red" end to end (docs/demo_world.md has the full measurements)."""
 
 import importlib.util
 from pathlib import Path
@@ -33,26 +32,19 @@ def test_committed_weights_are_small_and_safetensors_only():
     assert sum(p.stat().st_size for p in WORLD.glob("*.safetensors")) <= 25 * 2**20
 
 
-def test_world_draws_the_prompted_colour(world, judge):
+def test_world_draws_every_shape_and_colour(world, judge):
+    """Both attributes right on "a {colour} {shape}" for every shape and every colour (24 pictures each).
+    Measured at commit on these pictures: 97.9% overall, cross and blue 91.7%, every other word 100%."""
     patcher, clip, _ = world
-    texts, _, colour_idx = training.prompt_grid(per_pair=3)
+    texts, shape_idx, colour_idx = training.prompt_grid(per_pair=6)
     images = world_model.sample_images(patcher, clip, texts, seed=5)
-    _, colour_pred = judge.predict(images)
-    colour_acc = (colour_pred == colour_idx).float().mean().item()
-    assert colour_acc >= 0.9, colour_acc
-
-
-def test_world_draws_the_prompted_shape(world, judge):
-    """The shape target of the benchmark ('triangle') is drawn nearly always; over all four shapes the world
-    is well above chance (25%). Measured at commit: triangle 98%, cross 85%, circle 73%, square 65% (48 each)."""
-    patcher, clip, _ = world
-    texts, shape_idx, _ = training.prompt_grid(per_pair=3)
-    images = world_model.sample_images(patcher, clip, texts, seed=5)
-    shape_pred, _ = judge.predict(images)
-    hit = shape_pred == shape_idx
-    triangle = shape_idx == shapes.SHAPES.index("triangle")
-    assert hit[triangle].float().mean().item() >= 0.9, hit[triangle]
-    assert hit.float().mean().item() >= 0.6, hit.float().mean().item()
+    shape_pred, colour_pred = judge.predict(images)
+    both = (shape_pred == shape_idx) & (colour_pred == colour_idx)
+    assert both.float().mean().item() >= 0.9, both.float().mean().item()
+    per_word = {name: both[idx == k].float().mean().item()
+                for names, idx in ((shapes.SHAPES, shape_idx), (shapes.COLOUR_NAMES, colour_idx))
+                for k, name in enumerate(names)}
+    assert min(per_word.values()) >= 0.8, per_word
 
 
 def test_the_concept_travels_through_the_tokens_not_the_pooled_vector(world, judge):

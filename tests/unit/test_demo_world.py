@@ -18,6 +18,18 @@ def test_same_seed_gives_identical_pictures_masks_and_captions():
     assert not torch.equal(a.images, c.images)
 
 
+def test_coloured_backgrounds_differ_from_the_object_and_leave_the_plain_stream_alone():
+    plain = shapes.sample(64, np.random.default_rng(4))
+    assert torch.equal(plain.background_idx, torch.full((64,), -1)), "p_background 0: every picture on grey"
+    data = shapes.sample(400, np.random.default_rng(4), p_background=0.5)
+    coloured = data.background_idx >= 0
+    assert 0.4 < coloured.float().mean() < 0.6
+    assert not (data.background_idx == data.colour_idx).any(), "the object stays visible"
+    for image, mask, b in zip(data.images[coloured], data.masks[coloured], data.background_idx[coloured]):
+        colour = torch.tensor(shapes.COLOURS[shapes.COLOUR_NAMES[b]])[:, None]
+        assert torch.allclose(image[:, ~mask], colour.expand(-1, int((~mask).sum())))
+
+
 def test_masks_cover_exactly_the_coloured_pixels():
     data = shapes.sample(200, np.random.default_rng(0))
     background = torch.tensor(shapes.BACKGROUND)[:, None]
@@ -38,12 +50,27 @@ def test_every_shape_and_colour_appears_and_shapes_differ():
             assert (masks[i] != masks[j]).sum() > 20, (shapes.SHAPES[i], shapes.SHAPES[j])
 
 
+def strip_filler(text: str) -> str:
+    for form in shapes.FILLER_FORMS:
+        head, tail = form.split("{t}")
+        for w in shapes.FILLERS:
+            h, t = head.format(w=w), tail.format(w=w)
+            if text.startswith(h) and text.endswith(t) and len(text) > len(h) + len(t):
+                return text[len(h):len(text) - len(t)]
+    return text
+
+
 def test_captions_use_the_synonyms_and_stay_in_the_closed_set():
     rng = np.random.default_rng(2)
-    data = shapes.sample(2000, rng)
-    texts = shapes.captions(data, rng, p_partial=0.2)
+    data = shapes.sample(2000, rng, p_background=0.25)
+    texts = shapes.captions(data, rng, p_partial=0.2, p_filler=0.3)
     closed = set(shapes.all_captions())
-    assert set(texts) <= closed
+    with_filler = [t for t in texts if t not in closed]
+    assert 0.15 < len(with_filler) / len(texts) < 0.3, "fillers go on full captions only (80% of them here)"
+    assert {strip_filler(t) for t in with_filler} <= closed, "a filler caption is a closed-set caption plus one word"
+    for text, b in zip(texts, data.background_idx.tolist()):
+        if b >= 0:
+            assert shapes.COLOUR_NAMES[b] in strip_filler(text).split(), "a coloured background is always named"
     words = " ".join(texts).split()
     for shape in shapes.SHAPES:
         for word in shapes.shape_words(shape):
