@@ -87,12 +87,13 @@ ROW_NAMES = {"none": "no erasure",
 METRICS = ("acc_e", "acc_e_floor", "acc_g", "acc_ir_all", "acc_ir_same", "kept_on_target")
 
 
-def attention_miou(inspect_runtime, patcher, clip, vae, target: str, probes: int = PROBES) -> dict:
+def attention_miou(inspect_runtime, patcher, clip, vae, target: str, probes: int = PROBES, seed: int = SEED,
+                   modes: tuple[str, ...] = ("attention", "output_space")) -> dict:
     """{"raw": mIoU, "output_space": mIoU} of the target word's Inspect map (node defaults) on `probes`
-    generator pictures of the target with their true masks."""
-    texts, batch = scoring.attention_probes(target, probes, seed=SEED)
+    generator pictures of the target with their true masks (only the keys of `modes`)."""
+    texts, batch = scoring.attention_probes(target, probes, seed=seed)
     out = {}
-    for mode in ("attention", "output_space"):
+    for mode in modes:
         ious = []
         for i, text in enumerate(texts):
             image = batch.images[i:i + 1].permute(0, 2, 3, 1)  # (1, 32, 32, 3) IMAGE

@@ -10,8 +10,9 @@ import pytest
 
 from eraseanything_core.demo_world import judge as judge_lib
 from eraseanything_core.comfy import demo_world as world_model
-from eraseanything_core.demo_world import scoring, shapes, training
+from eraseanything_core.demo_world import shapes, training
 from tests import comfy_host
+from tests.benchmarks.erasure_quality import attention_miou
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = REPO / "models" / "demo_world"
@@ -68,13 +69,8 @@ def test_inspect_map_of_a_word_overlaps_the_object(world, word):
     docs/demo_world.md), so only these are held to it."""
     patcher, clip, vae = world
     inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
-    texts, batch = scoring.attention_probes(word, 8, seed=7)
-    ious = []
-    for i, text in enumerate(texts):
-        image = batch.images[i:i + 1].permute(0, 2, 3, 1)  # (1, 32, 32, 3) IMAGE
-        result = inspect_runtime.inspect(patcher, clip, text, word, image=image, vae=vae, mode="output_space")
-        ious.append(scoring.iou(result.masks[0], batch.masks[i]))
-    assert sum(ious) / len(ious) >= 0.3, ious
+    miou = attention_miou(inspect_runtime, patcher, clip, vae, word, probes=8, seed=7, modes=("output_space",))
+    assert miou["output_space"] >= 0.3, miou
 
 
 def test_demo_quick_erases_red_and_writes_its_pictures(tmp_path):
