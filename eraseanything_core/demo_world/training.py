@@ -144,3 +144,29 @@ def swap_test(sample, clip_model, table, judge, target: str, seed: int, n: int =
         images = sample(ctx, pool, seed)
         out[name] = (judge.predict(images)[kind] == index).float().mean().item()
     return out
+
+
+@torch.no_grad()
+def word_token_test(sample, clip_model, table, judge, prompt: str, word: str, other_word: str, seed: int,
+                    n: int = 64) -> dict[str, float]:
+    """Which T5 positions carry a word's concept to the Flux? `prompt` names `word` (a shape or a colour); the
+    other prompt names `other_word` in its place. Context of `prompt` with the T5 outputs at the positions
+    where the two prompts' tokens differ (the word's own tokens) taken from the other prompt ("word_token"),
+    or every other position (the rest of the prompt, its end token and the padding: "other_positions"), or all
+    of them ("all", the control): share of n pictures the judge calls `other_word`. The pooled vector stays
+    the prompt's. A word read from its own token gives word_token near all and other_positions near 0; the
+    Attention Map Inspect node reads the word's own token, so its map can only show what that token carries."""
+    kind, index = ((0, shapes.SHAPES.index(other_word)) if other_word in shapes.SHAPES
+                   else (1, shapes.COLOUR_NAMES.index(other_word)))
+    other = " ".join(other_word if w == word else w for w in prompt.split())
+    if other == prompt:
+        raise ValueError(f"word_token_test: {word!r} is not a word of {prompt!r}")
+    context, pooled = table.encode(clip_model, [prompt] * n)
+    context_other, _ = table.encode(clip_model, [other] * n)
+    ids, ids_other = (torch.tensor(table.t5_ids[table.index[t]]) for t in (prompt, other))
+    differ = ids != ids_other  # (16,) the word's own token positions
+    out = {}
+    for name, take in (("word_token", differ), ("other_positions", ~differ), ("all", torch.ones_like(differ))):
+        images = sample(torch.where(take[None, :, None], context_other, context), pooled, seed)
+        out[name] = (judge.predict(images)[kind] == index).float().mean().item()
+    return out

@@ -12,11 +12,13 @@ Run: `python -m tests.benchmarks.demo_world_quality` from the repo root (a few m
                            heads mean, per-word scale) on generator pictures "a {colour} {shape}" with their
                            true masks: mean IoU of the word's soft mask at 0.5, per word and mode
   swap_test                the concept through the T5 tokens only / the pooled vector only (training.swap_test)
+  word_token               which T5 positions carry a word: the word's own token or the rest of the prompt
+                           (training.word_token_test; the Inspect maps read the word's own token)
   weights_mb, train_minutes, train_device   from the weight files and the training log
 
 Every drawing group has at least SAMPLES_PER_GROUP pictures, every word ATTENTION_PROBES; the noise is seeded (SEED).
-Writes its section of tests/benchmarks/RESULTS.md and the `demo_world` and `demo_world_swap_test` keys of
-results.json.
+Writes its section of tests/benchmarks/RESULTS.md and the `demo_world`, `demo_world_swap_test` and
+`demo_world_word_token` keys of results.json.
 """
 
 import argparse
@@ -49,6 +51,9 @@ ATTENTION_PROBES = 50  # generator pictures per word (as erasure_quality.PROBES)
 SEED = 1234
 WORDS = shapes.SHAPES + shapes.COLOUR_NAMES
 SWAP_TARGETS = ("circle", "square", "triangle", "cross", "red", "blue")
+# (prompt, its word, the word put in its place) for training.word_token_test: every shape and every colour
+WORD_TOKEN_CASES = tuple((f"a red {s}", s, shapes.SHAPES[(i + 1) % 4]) for i, s in enumerate(shapes.SHAPES)) + \
+    tuple((f"a {c} circle", c, shapes.COLOUR_NAMES[(i + 1) % 4]) for i, c in enumerate(shapes.COLOUR_NAMES))
 
 
 def prompts(templates, per_group: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -99,6 +104,15 @@ def swap_tests(world, judge) -> dict:
             for target in SWAP_TARGETS}
 
 
+def word_token_tests(world, judge) -> dict:
+    patcher, clip, _ = world
+    table = training.TextTable.build(clip)
+    sample = world_model.cond_sampler(world_model.runner(patcher))
+    return {f"{word} -> {other}": training.word_token_test(sample, clip.cond_stage_model, table, judge, prompt, word,
+                                                          other, seed=SEED)
+            for prompt, word, other in WORD_TOKEN_CASES}
+
+
 def training_facts(world_dir: Path) -> dict:
     """Size of the committed weight files and, from the training log, how long the world trained and where."""
     files = (world_model.FLUX_FILE, world_model.TEXT_FILE, world_model.JUDGE_FILE)
@@ -118,7 +132,7 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def markdown(d: dict, swap: dict) -> str:
+def markdown(d: dict, swap: dict, word_token: dict) -> str:
     lines = [f"The un-erased demo world (models/demo_world): pictures from {world_model.SAMPLE_STEPS} Euler steps "
              f"through ComfyUI's model, guidance {world_model.GUIDANCE}, judged by the world's judge; at least "
              f"{SAMPLES_PER_GROUP} pictures a group ({d['pictures']} on the world's caption templates, "
@@ -139,6 +153,13 @@ def markdown(d: dict, swap: dict) -> str:
               "| concept | both | T5 tokens only | pooled vector only | neither |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {t} | {_pct(s['both'])} | {_pct(s['tokens_only'])} | {_pct(s['pooled_only'])} | {_pct(s['neither'])} |"
               for t, s in swap.items()]
+    lines += ["", "Which T5 positions carry a word (training.word_token_test, 64 pictures a row): the prompt's context "
+              "with the other word's T5 outputs spliced in at the word's own token, at every other position, or at "
+              "all; share of pictures drawn as the other word.", "",
+              "| word -> other word | prompt | own token swapped | other positions swapped | all swapped |",
+              "| --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {k} | {p} | {_pct(v['word_token'])} | {_pct(v['other_positions'])} | {_pct(v['all'])} |"
+              for (k, v), (p, _, _) in zip(word_token.items(), WORD_TOKEN_CASES)]
     return "\n".join(lines)
 
 
@@ -160,14 +181,17 @@ def main(argv=None):
         data["attention_miou"] = attention(inspect_runtime, patcher, clip, vae, ATTENTION_PROBES)
     swap = swap_tests(world, judge)
     log.info("swap: %s", json.dumps(swap))
+    word_token = word_token_tests(world, judge)
+    log.info("word token: %s", json.dumps(word_token))
     data.update(training_facts(args.world))
     data["seconds"] = round(time.perf_counter() - start, 1)
     full = args.world.resolve() == WORLD_DIR.resolve() and args.samples == SAMPLES_PER_GROUP and not args.no_attention
     if not full:
-        print(json.dumps({**data, "swap_test": swap}, indent=1))
+        print(json.dumps({**data, "swap_test": swap, "word_token": word_token}, indent=1))
         return
-    results.write_section("demo_world_quality", {"demo_world": data, "demo_world_swap_test": swap},
-                          "The demo world, un-erased", markdown(data, swap), command=COMMAND)
+    results.write_section("demo_world_quality", {"demo_world": data, "demo_world_swap_test": swap,
+                                                 "demo_world_word_token": word_token},
+                          "The demo world, un-erased", markdown(data, swap, word_token), command=COMMAND)
     log.info("demo_world_quality done in %.0f s", data["seconds"])
 
 
