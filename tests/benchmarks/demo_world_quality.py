@@ -96,21 +96,16 @@ def attention(inspect_runtime, patcher, clip, vae, probes: int) -> dict:
     return out
 
 
-def swap_tests(world, judge) -> dict:
+def token_tests(world, judge) -> tuple[dict, dict]:
+    """(swap test per SWAP_TARGETS, word-token test per WORD_TOKEN_CASES), on one caption table and sampler."""
     patcher, clip, _ = world
-    table = training.TextTable.build(clip)
+    clip_model, table = clip.cond_stage_model, training.TextTable.build(clip)
     sample = world_model.cond_sampler(world_model.runner(patcher))
-    return {target: training.swap_test(sample, clip.cond_stage_model, table, judge, target, seed=SEED)
-            for target in SWAP_TARGETS}
-
-
-def word_token_tests(world, judge) -> dict:
-    patcher, clip, _ = world
-    table = training.TextTable.build(clip)
-    sample = world_model.cond_sampler(world_model.runner(patcher))
-    return {f"{word} -> {other}": training.word_token_test(sample, clip.cond_stage_model, table, judge, prompt, word,
-                                                          other, seed=SEED)
-            for prompt, word, other in WORD_TOKEN_CASES}
+    swap = {target: training.swap_test(sample, clip_model, table, judge, target, seed=SEED) for target in SWAP_TARGETS}
+    word_token = {f"{word} -> {other}": training.word_token_test(sample, clip_model, table, judge, prompt, word, other,
+                                                                seed=SEED)
+                  for prompt, word, other in WORD_TOKEN_CASES}
+    return swap, word_token
 
 
 def training_facts(world_dir: Path) -> dict:
@@ -179,9 +174,8 @@ def main(argv=None):
     if not args.no_attention:
         inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
         data["attention_miou"] = attention(inspect_runtime, patcher, clip, vae, ATTENTION_PROBES)
-    swap = swap_tests(world, judge)
+    swap, word_token = token_tests(world, judge)
     log.info("swap: %s", json.dumps(swap))
-    word_token = word_token_tests(world, judge)
     log.info("word token: %s", json.dumps(word_token))
     data.update(training_facts(args.world))
     data["seconds"] = round(time.perf_counter() - start, 1)
