@@ -5,7 +5,8 @@
     python tools/train_demo_world.py --max-steps 0      # the judge only (the world does not depend on it)
 
 Writes to models/demo_world/: judge.safetensors, flux.safetensors, text_encoders.safetensors (EMA
-weights, float32, metadata: seed, step, settings, last eval) and train_log.txt (appended). Seeded
+weights, float32, metadata: seed, step, settings, last eval) and train_log.txt (appended; every eval logs
+what the world draws and the Inspect node's map mIoU per word, which nothing trains on). Seeded
 throughout: one numpy Generator for pictures and captions, one torch Generator for noise, times and the
 pooled-vector swap, seeded initial weights; the stop is a step count. The Flux is loaded by ComfyUI's loader
 and called through the adapter's FluxRunner, as everything else in the pack. Bit-identical reruns are
@@ -34,9 +35,10 @@ host.import_comfy()
 from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
 from eraseanything_core.comfy.flux import FluxRunner  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
-from eraseanything_core.demo_world import shapes, training  # noqa: E402
+from eraseanything_core.demo_world import scoring, shapes, training  # noqa: E402
 
 log = logging.getLogger("train_demo_world")
+MAP_PROBE_SEED = 1234  # the pictures whose maps are scored at each eval: the same for every run and step
 
 
 def parse_args(argv=None):
@@ -52,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--p-filler", type=float, default=0.3, help="share of full captions with a filler word before or after them")
     p.add_argument("--p-background", type=float, default=0.0, help="share of pictures on a coloured background their caption names (tried at 0.25: docs/demo_world.md)")
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--map-probes", type=int, default=8, help="pictures per word for the Inspect maps' mIoU at each eval (0: off)")
     p.add_argument("--judge-steps", type=int, default=2000)
     p.add_argument("--reuse-judge", action="store_true", help="load judge.safetensors instead of training it")
     p.add_argument("--threads", type=int, default=2)
@@ -107,12 +110,31 @@ class EMA:
             self.shadow[k] = live
 
 
-def evaluate(run, clip_model, table, judge, step, seed, per_pair=2, final=False):
+def map_miou(flux, clip_model, probes: int) -> dict:
+    """{word: {"raw": mIoU, "output_space": mIoU}} of the Attention Map Inspect node at its defaults, on a copy
+    of the current weights loaded as a user's would be (the training model is not touched). The maps are
+    not trained on: they are logged to see when, during training, they localise (docs/demo_world.md)."""
+    inspect = host.import_pack_module("nodes.inspect_runtime").inspect
+    patcher = world_model.world_flux({k: v.detach().clone() for k, v in flux.state_dict().items()})
+    clip = world_model.make_clip({k: v.detach().clone() for k, v in clip_model.state_dict().items()})
+    vae = world_model.make_vae()
+    return {word: scoring.attention_miou(inspect, patcher, clip, vae, word, probes, seed=MAP_PROBE_SEED)
+            for word in shapes.SHAPES + shapes.COLOUR_NAMES}
+
+
+def evaluate(run, clip_model, table, judge, step, seed, map_probes, per_pair=2, final=False):
     sample = world_model.cond_sampler(run)
     shape_acc, colour_acc = training.prompt_accuracy(sample, clip_model, table, judge, seed=seed, per_pair=per_pair)
     log.info("eval step %d: prompts 'a {colour} {shape}', %d samples, 16 Euler steps: shape %.3f colour %.3f",
              step, per_pair * 16, shape_acc, colour_acc)
     result = {"step": step, "shape_acc": shape_acc, "colour_acc": colour_acc}
+    if map_probes:
+        miou = map_miou(run.diffusion_model, clip_model, map_probes)
+        localised = sum(max(m.values()) >= 0.5 for m in miou.values())
+        log.info("eval step %d: Inspect mIoU (node defaults, %d pictures per word; raw / output space): %s; "
+                 "%d of %d words >= 0.5", step, map_probes,
+                 ", ".join(f"{w} {m['raw']:.2f}/{m['output_space']:.2f}" for w, m in miou.items()), localised, len(miou))
+        result["attention_miou"] = miou
     if final:
         for shape in ("circle", "square"):
             swap = training.swap_test(sample, clip_model, table, judge, shape, seed=seed)
@@ -172,12 +194,13 @@ def train_world(args, judge):
         if step % args.eval_every == 0:
             ema.swap()
             with torch.no_grad():
-                metrics = evaluate(run, clip_model, table, judge, step, seed=args.seed + 1)
+                metrics = evaluate(run, clip_model, table, judge, step, seed=args.seed + 1, map_probes=args.map_probes)
             save_world(flux, clip_model, args, step, metrics)
             ema.swap()
     ema.swap()
     with torch.no_grad():
-        metrics = evaluate(run, clip_model, table, judge, step, seed=args.seed + 1, per_pair=8, final=True)
+        metrics = evaluate(run, clip_model, table, judge, step, seed=args.seed + 1, map_probes=args.map_probes,
+                           per_pair=8, final=True)
     save_world(flux, clip_model, args, step, metrics)
     reason = "max steps" if step >= args.max_steps else f"wall-clock cap of {args.minutes:g} min"
     log.info("done (%s): %d steps in %.1f min, weights in %s", reason, step, (time.time() - t0) / 60, args.out)

@@ -14,6 +14,7 @@ Prompt groups for a target concept (a shape or a colour of shapes.py), on a set 
 """
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,24 @@ def attention_probes(target: str, n: int, seed: int) -> tuple[list[str], shapes.
     batch = shapes.draw(shape_idx, colour_idx, rng)
     texts = [f"a {shapes.COLOUR_NAMES[c]} {shapes.SHAPES[s]}" for s, c in zip(shape_idx, colour_idx)]
     return texts, batch
+
+
+def attention_miou(inspect, patcher, clip, vae, target: str, probes: int, seed: int,
+                   modes: tuple[str, ...] = ("attention", "output_space")) -> dict:
+    """{"raw": mIoU, "output_space": mIoU} (only the keys of `modes`) of the target word's map at the
+    Attention Map Inspect node's defaults on `probes` attention_probes pictures with their true masks.
+    inspect: the node's runtime function (nodes/inspect_runtime.py), passed in: this module imports no host."""
+    texts, batch = attention_probes(target, probes, seed=seed)
+    out = {}
+    for mode in modes:
+        ious = []
+        for i, text in enumerate(texts):
+            image = batch.images[i:i + 1].permute(0, 2, 3, 1)  # (1, 32, 32, 3) IMAGE
+            with torch.inference_mode():
+                result = inspect(patcher, clip, text, target, image=image, vae=vae, mode=mode)
+            ious.append(iou(result.masks[0], batch.masks[i]))
+        out["raw" if mode == "attention" else "output_space"] = statistics.fmean(ious)
+    return out
 
 
 # --- Erasing in the world ---------------------------------------------------------------------------

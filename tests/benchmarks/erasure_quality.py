@@ -89,19 +89,8 @@ METRICS = ("acc_e", "acc_e_floor", "acc_g", "acc_ir_all", "acc_ir_same", "kept_o
 
 def attention_miou(inspect_runtime, patcher, clip, vae, target: str, probes: int = PROBES, seed: int = SEED,
                    modes: tuple[str, ...] = ("attention", "output_space")) -> dict:
-    """{"raw": mIoU, "output_space": mIoU} of the target word's Inspect map (node defaults) on `probes`
-    generator pictures of the target with their true masks (only the keys of `modes`)."""
-    texts, batch = scoring.attention_probes(target, probes, seed=seed)
-    out = {}
-    for mode in modes:
-        ious = []
-        for i, text in enumerate(texts):
-            image = batch.images[i:i + 1].permute(0, 2, 3, 1)  # (1, 32, 32, 3) IMAGE
-            with torch.inference_mode():
-                result = inspect_runtime.inspect(patcher, clip, text, target, image=image, vae=vae, mode=mode)
-            ious.append(scoring.iou(result.masks[0], batch.masks[i]))
-        out["raw" if mode == "attention" else "output_space"] = statistics.fmean(ious)
-    return out
+    """scoring.attention_miou through the Inspect node's runtime, at the benchmark's probes and seed."""
+    return scoring.attention_miou(inspect_runtime.inspect, patcher, clip, vae, target, probes, seed, modes)
 
 
 def _scores(sample, judge, target: str, anchors, samples: int) -> dict:
