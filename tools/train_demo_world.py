@@ -173,6 +173,10 @@ def train_world(args, judge):
     log.info("world: flux %d params, T5 %d trainable, %d captions, settings %s",
              sum(p.numel() for p in flux.parameters()), sum(p.numel() for p in clip_model.t5xxl.parameters()),
              len(table.captions), json.dumps({k: str(v) for k, v in vars(args).items()}))
+    if args.map_probes:
+        fixed = {w: scoring.fixed_map_miou(w, args.map_probes, MAP_PROBE_SEED) for w in shapes.SHAPES + shapes.COLOUR_NAMES}
+        log.info("the maps below localise a word where they beat one fixed map of the same pictures (scoring."
+                 "fixed_map_miou, position alone): %s", ", ".join(f"{w} {v:.2f}" for w, v in fixed.items()))
     metrics = {}
     while step < args.max_steps and time.time() - t0 < args.minutes * 60:
         batch = shapes.sample(args.batch, rng, args.p_background)

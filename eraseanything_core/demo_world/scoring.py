@@ -20,8 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..attention_maps import soft_masks, upsample
 from ..config import EraseConfig
 from . import shapes
+
+
+TOKEN_PX = 4  # pixels per image token on each side: the VAE halves the picture, Flux patches 2x2 latents
 
 
 @dataclass
@@ -118,6 +122,17 @@ def attention_probes(target: str, n: int, seed: int) -> tuple[list[str], shapes.
     batch = shapes.draw(shape_idx, colour_idx, rng)
     texts = [f"a {shapes.COLOUR_NAMES[c]} {shapes.SHAPES[s]}" for s, c in zip(shape_idx, colour_idx)]
     return texts, batch
+
+
+def fixed_map_miou(target: str, probes: int, seed: int) -> float:
+    """mIoU, on the attention_probes pictures, of one map that never looks at the picture: the mean true mask
+    of the same pictures on the image-token grid (4 px a token: the VAE halves, Flux's patch is 2), soft-masked
+    and upsampled as the Inspect node does. Every object sits near the centre, so this is what a map scores by
+    position alone: a word's map localises the object only where it beats this."""
+    _, batch = attention_probes(target, probes, seed=seed)
+    mean_mask = torch.nn.functional.avg_pool2d(batch.masks.float().mean(0)[None, None], TOKEN_PX)[0]  # (1, 8, 8)
+    soft = upsample(soft_masks(mean_mask), tuple(batch.masks.shape[1:]))[0]  # (32, 32)
+    return statistics.fmean(iou(soft, truth) for truth in batch.masks)
 
 
 def attention_miou(inspect, patcher, clip, vae, target: str, probes: int, seed: int,

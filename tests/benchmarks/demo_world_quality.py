@@ -10,7 +10,8 @@ Run: `python -m tests.benchmarks.demo_world_quality` from the repo root (a few m
   per_synonym              share judged the synonym's shape, for each synonym (world templates)
   attention_miou           the Attention Map Inspect node at its defaults (blocks -1, sigmas 0.9, 0.7, 0.5,
                            heads mean, per-word scale) on generator pictures "a {colour} {shape}" with their
-                           true masks: mean IoU of the word's soft mask at 0.5, per word and mode
+                           true masks: mean IoU of the word's soft mask at 0.5, per word and mode, beside
+                           a fixed map's (scoring.fixed_map_miou: what position alone scores)
   swap_test                the concept through the T5 tokens only / the pooled vector only (training.swap_test)
   word_token               which T5 positions carry a word: the word's own token or the rest of the prompt
                            (training.word_token_test; the Inspect maps read the word's own token)
@@ -91,7 +92,8 @@ def attention(inspect_runtime, patcher, clip, vae, probes: int) -> dict:
     """{word: {"raw": mIoU, "output_space": mIoU}} at the Inspect node's defaults."""
     out = {}
     for word in WORDS:
-        out[word] = attention_miou(inspect_runtime, patcher, clip, vae, word, probes)
+        out[word] = {**attention_miou(inspect_runtime, patcher, clip, vae, word, probes),
+                     "fixed_map": scoring.fixed_map_miou(word, probes, SEED)}
         log.info("attention mIoU %s: %s", word, out[word])
     return out
 
@@ -141,9 +143,12 @@ def markdown(d: dict, swap: dict, word_token: dict) -> str:
     lines += [f"| synonym {k} (shape right) | {_pct(v)} |" for k, v in d["per_synonym"].items()]
     lines += ["", "Attention Map Inspect at its defaults (last double block, sigmas 0.9, 0.7, 0.5, heads mean) on "
               f"{ATTENTION_PROBES} generator pictures per word, prompt \"a {{colour}} {{shape}}\": mean IoU of the "
-              "word's soft mask at 0.5 with the true mask.", "",
-              "| word | raw | output space |", "| --- | ---: | ---: |"]
-    lines += [f"| {w} | {m['raw']:.3f} | {m['output_space']:.3f} |" for w, m in d["attention_miou"].items()]
+              "word's soft mask at 0.5 with the true mask. Fixed map: one map for every picture, the mean true "
+              "mask of the same pictures (scoring.fixed_map_miou): what position alone scores, as every object sits "
+              "near the centre.", "",
+              "| word | raw | output space | fixed map |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {w} | {m['raw']:.3f} | {m['output_space']:.3f} | {m['fixed_map']:.3f} |"
+              for w, m in d["attention_miou"].items()]
     lines += ["", "Swap test: share of pictures showing the concept when it reaches the model through one path only.", "",
               "| concept | both | T5 tokens only | pooled vector only | neither |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {t} | {_pct(s['both'])} | {_pct(s['tokens_only'])} | {_pct(s['pooled_only'])} | {_pct(s['neither'])} |"

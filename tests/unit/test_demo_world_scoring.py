@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from eraseanything_core.attention_maps import soft_masks, upsample
 from eraseanything_core.demo_world import scoring, shapes
 
 
@@ -77,3 +78,18 @@ def test_attention_probes_show_the_target_with_matching_captions():
     assert (batch.colour_idx == 0).all() and all(t.startswith("a red ") for t in texts)
     assert all(shapes.SHAPES[s] in t for s, t in zip(batch.shape_idx.tolist(), texts))
     assert batch.masks.shape == (12, 32, 32) and batch.masks.flatten(1).any(1).all()
+
+
+def test_fixed_map_scores_position_alone_between_a_blank_map_and_each_pictures_own_mask():
+    """The reference a word's map must beat: one centred map for every picture. It overlaps the objects (they
+    sit near the centre) but less than each picture's own mask brought to the token grid, and more than a map
+    that marks the whole picture."""
+    probes, seed = 16, 3
+    fixed = scoring.fixed_map_miou("triangle", probes, seed)
+    _, batch = scoring.attention_probes("triangle", probes, seed)
+    own = torch.nn.functional.avg_pool2d(batch.masks.float()[:, None], scoring.TOKEN_PX)[:, 0]  # (n, 8, 8)
+    own_miou = sum(scoring.iou(upsample(soft_masks(own[i:i + 1]), (32, 32))[0], batch.masks[i])
+                   for i in range(probes)) / probes
+    whole_picture = sum(scoring.iou(torch.ones(32, 32), m) for m in batch.masks) / probes
+    assert whole_picture < fixed < own_miou, (whole_picture, fixed, own_miou)
+    assert own_miou > 0.8 and fixed > 0.4
