@@ -38,7 +38,7 @@ comfy_host.import_comfy()  # before anything imports comfy
 
 from eraseanything_core.comfy import demo_world as world_model  # noqa: E402
 from eraseanything_core.demo_world import judge as judge_lib  # noqa: E402
-from eraseanything_core.demo_world import shapes, training  # noqa: E402
+from eraseanything_core.demo_world import scoring, shapes, training  # noqa: E402
 from tests.benchmarks import results  # noqa: E402
 from tests.benchmarks.erasure_quality import HELDOUT_TEMPLATES, attention_miou  # noqa: E402
 
