@@ -39,6 +39,7 @@ from eraseanything_core.demo_world import scoring, shapes, training  # noqa: E40
 
 log = logging.getLogger("train_demo_world")
 MAP_PROBE_SEED = 1234  # the pictures whose maps are scored at each eval: the same for every run and step
+MAP_WORDS = shapes.SHAPES + shapes.COLOUR_NAMES
 
 
 def parse_args(argv=None):
@@ -119,7 +120,7 @@ def map_miou(flux, clip_model, probes: int) -> dict:
     clip = world_model.make_clip({k: v.detach().clone() for k, v in clip_model.state_dict().items()})
     vae = world_model.make_vae()
     return {word: scoring.attention_miou(inspect, patcher, clip, vae, word, probes, seed=MAP_PROBE_SEED)
-            for word in shapes.SHAPES + shapes.COLOUR_NAMES}
+            for word in MAP_WORDS}
 
 
 def evaluate(run, clip_model, table, judge, step, seed, map_probes, per_pair=2, final=False):
@@ -174,7 +175,7 @@ def train_world(args, judge):
              sum(p.numel() for p in flux.parameters()), sum(p.numel() for p in clip_model.t5xxl.parameters()),
              len(table.captions), json.dumps({k: str(v) for k, v in vars(args).items()}))
     if args.map_probes:
-        fixed = {w: scoring.fixed_map_miou(w, args.map_probes, MAP_PROBE_SEED) for w in shapes.SHAPES + shapes.COLOUR_NAMES}
+        fixed = {w: scoring.fixed_map_miou(w, args.map_probes, MAP_PROBE_SEED) for w in MAP_WORDS}
         log.info("the maps below localise a word where they beat one fixed map of the same pictures (scoring."
                  "fixed_map_miou, position alone): %s", ", ".join(f"{w} {v:.2f}" for w, v in fixed.items()))
     metrics = {}
