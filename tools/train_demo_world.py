@@ -54,12 +54,18 @@ def parse_args(argv=None):
     p.add_argument("--p-partial", type=float, default=0.2, help="share of captions that omit the colour, the shape or both")
     p.add_argument("--p-filler", type=float, default=0.3, help="share of full captions with a filler word before or after them")
     p.add_argument("--p-background", type=float, default=0.0, help="share of pictures on a coloured background their caption names (tried at 0.25: docs/demo_world.md)")
+    p.add_argument("--t5-layers", type=int, default=world_model.T5["num_layers"],
+                   help="layers of the T5 trained with the Flux; 0: each word reaches the Flux on its own token only "
+                        "(tried for the maps: docs/demo_world.md); the loader reads the depth from the weights")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--map-probes", type=int, default=8, help="pictures per word for the Inspect maps' mIoU at each eval (0: off)")
     p.add_argument("--judge-steps", type=int, default=2000)
     p.add_argument("--reuse-judge", action="store_true", help="load judge.safetensors instead of training it")
     p.add_argument("--threads", type=int, default=2)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.t5_layers < 0:
+        p.error(f"--t5-layers must be 0 or more, got {args.t5_layers}")
+    return args
 
 
 def save_atomic(tensors: dict, path: Path, metadata: dict):
@@ -158,7 +164,7 @@ def train_world(args, judge):
     run.load()
     flux = run.diffusion_model
     flux.requires_grad_(True)
-    clip = world_model.make_clip(seed=args.seed)
+    clip = world_model.make_clip(seed=args.seed, t5_layers=args.t5_layers)
     clip_model = clip.cond_stage_model
     clip_model.requires_grad_(False)
     world_model.make_t5_trainable(clip_model)

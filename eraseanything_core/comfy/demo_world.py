@@ -99,10 +99,14 @@ def load_flux(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = t
     return patcher
 
 
-def make_clip(state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0):
+def make_clip(state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0, t5_layers: int | None = None):
     """A comfy.sd.CLIP: tiny T5 + CLIP-L behind ComfyUI's FluxTokenizer; T5 padded to T5_TOKENS tokens.
-    Weights from `state_dict` (keys of `clip.cond_stage_model`), else seeded random ones (init_text)."""
-    options = {"clip_l_model_config": CLIP_L, "t5xxl_model_config": T5, "dtype": torch.float32}
+    Weights from `state_dict` (keys of `clip.cond_stage_model`; the T5's depth is read from them), else
+    seeded random ones (init_text) for a T5 of `t5_layers` layers (default T5's)."""
+    if state_dict is not None:
+        t5_layers = t5_depth(state_dict)
+    t5 = {**T5, "num_layers": T5["num_layers"] if t5_layers is None else t5_layers}
+    options = {"clip_l_model_config": CLIP_L, "t5xxl_model_config": t5, "dtype": torch.float32}
     tf = comfy.text_encoders.flux
     target = comfy.supported_models_base.ClipTarget(tf.FluxTokenizer, tf.flux_clip())
     clip = comfy.sd.CLIP(target=target, tokenizer_data={"t5xxl_min_length": T5_TOKENS}, model_options=options)
@@ -114,6 +118,13 @@ def make_clip(state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0):
             if missing or unexpected:
                 raise ValueError(f"text encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return clip
+
+
+def t5_depth(state_dict: dict[str, torch.Tensor]) -> int:
+    """Layers of the T5 in a text-encoder state dict: 0 is a T5 whose output is each token's own embedding
+    after the final norm (docs/demo_world.md, "A T5 without layers")."""
+    prefix = "t5xxl.transformer.encoder.block."
+    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
 
 
 def init_text(model: torch.nn.Module, seed: int):

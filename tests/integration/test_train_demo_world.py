@@ -55,3 +55,32 @@ def test_training_logs_the_maps_at_every_eval_and_they_do_not_change_the_weights
         assert tensors.keys() == unwatched[file].keys()
         for key, value in tensors.items():
             assert torch.equal(value, unwatched[file][key]), (file, key)
+
+
+def test_a_world_with_a_t5_of_no_layers_loads_as_trained_and_reads_each_word_on_its_own_token(train_script, tmp_path):
+    from eraseanything_core.comfy import demo_world as world_model
+    from eraseanything_core.demo_world import text as world_text
+
+    out = tmp_path / "local"
+    train_script.main(["--out", str(out), "--max-steps", "2", "--eval-every", "2", "--map-probes", "1",
+                       "--judge-steps", "3", "--t5-layers", "0", "--threads", str(torch.get_num_threads())])
+    trained = load_file(str(out / "text_encoders.safetensors"))
+    assert world_model.t5_depth(trained) == 0
+    assert world_model.t5_depth(world_model.make_clip(seed=0).cond_stage_model.state_dict()) == world_model.T5["num_layers"]
+
+    _, clip, _ = world_model.load_world(out)  # the loader reads the depth from the weights
+    for key, value in clip.cond_stage_model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    prompts = ["a red circle", "a blue circle"]
+    t5_ids, clip_l_ids = world_text.tokenize(clip, prompts)
+    with torch.no_grad():
+        context, _ = world_text.encode(clip.cond_stage_model, t5_ids, clip_l_ids)  # (2, 16, 64)
+    differs = (context[0] - context[1]).abs().amax(-1) > 0
+    assert differs.tolist() == [a != b for a, b in zip(*t5_ids)]  # only the colour word's own tokens change
+
+
+def test_a_negative_t5_depth_is_refused_before_any_work(train_script, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_script.main(["--out", str(tmp_path / "w"), "--t5-layers", "-1"])
+    assert "--t5-layers must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
