@@ -46,7 +46,10 @@ class EraseConfig:
                                   "with the concept replaced by anchor_word, or removed when anchor_word is empty.")
     anchor_word: str = _f("", "A word or phrase that replaces the concept in every prompt line to give that line's "
                               "anchor: 'blue' for 'red' turns 'a red circle' into 'a blue circle'. Use it or anchor "
-                              "prompts, not both.")
+                              "prompts, not both. Empty: the concept is removed from each line. If the erased "
+                              "objects break apart instead of changing, leave it empty: a q/k LoRA can make the model "
+                              "stop reading the concept, but turns it into a replacement only where the prompt's "
+                              "text already carries one.")
     synonyms: tuple[str, ...] = _f((), "Other words for the concept, one per line or comma-separated. Empty: automatic.")
     irrelevant: tuple[str, ...] = _f((), "Unrelated concepts to keep intact, one per line or comma-separated. "
                                          "Empty: automatic (3 at graded distance).")
