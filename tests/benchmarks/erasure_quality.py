@@ -2,7 +2,8 @@
 
 Run: `python -m tests.benchmarks.erasure_quality` from the repo root (about 75 minutes on two CPU cores;
 `make bench` runs it with the others; `--targets red --rows none,default --seeds 0` runs a subset without
-writing RESULTS). Needs the committed world (models/demo_world).
+writing RESULTS). Needs the committed world (models/demo_world); `--world DIR` measures other weights (a trial
+world from tools/train_demo_world.py --out DIR) and writes no RESULTS.
 
 For each target (the shapes "circle" and "triangle", the colour "red"), each row (below) and each erasure
 seed, one erasure run on the world's Flux, applied with ComfyUI's LoRA loader, then pictures sampled
@@ -263,11 +264,12 @@ def main(argv=None):
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--samples", type=int, default=SAMPLES_PER_GROUP)
     parser.add_argument("--changes", default="", help="trial only: config changes for every erasure, as JSON")
+    parser.add_argument("--world", type=Path, default=WORLD_DIR, help="other weights: measured, RESULTS not written")
     args = parser.parse_args(argv)
     targets, rows = args.targets.split(","), args.rows.split(",")
     seeds = tuple(int(x) for x in args.seeds.split(","))
     full = (targets == list(scoring.TARGETS) and rows == list(ROWS) and seeds == SEEDS
-            and args.samples == SAMPLES_PER_GROUP and not args.changes)
+            and args.samples == SAMPLES_PER_GROUP and not args.changes and args.world.resolve() == WORLD_DIR.resolve())
     if args.changes:
         extra = json.loads(args.changes)
         for name, row in ROWS.items():
@@ -275,8 +277,8 @@ def main(argv=None):
                 ROWS[name] = (row[0], {**row[1], **extra})
     torch.set_num_threads(2)
     start = time.perf_counter()
-    world = world_model.load_world(WORLD_DIR)
-    judge = judge_lib.load(WORLD_DIR / world_model.JUDGE_FILE)
+    world = world_model.load_world(args.world)
+    judge = judge_lib.load(args.world / world_model.JUDGE_FILE)
     shape_acc, colour_acc = judge_lib.held_out_accuracy(judge, seed=10_000)
     judge_acc = {"shape": shape_acc, "colour": colour_acc}
     inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
