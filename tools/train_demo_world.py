@@ -1,6 +1,6 @@
 """Train the embedded demo world: the judge, then the tiny Flux + T5 jointly. Reproducible.
 
-    python tools/train_demo_world.py --threads 1        # judge + world, 8000 steps of batch 32 (the committed weights)
+    python tools/train_demo_world.py --threads 1        # judge + world, 6000 steps of batch 32 (the committed weights)
     python tools/train_demo_world.py --max-steps 500    # a short run (weights are saved at every eval)
     python tools/train_demo_world.py --max-steps 0      # the judge only (the world does not depend on it)
 
@@ -46,17 +46,19 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "models" / "demo_world")
-    p.add_argument("--max-steps", type=int, default=8000, help="training steps of the world (the reproducible stop); 0: judge only")
+    p.add_argument("--max-steps", type=int, default=6000, help="training steps of the world (the reproducible stop); 0: judge only")
     p.add_argument("--minutes", type=float, default=1e9, help="optional wall-clock cap (a capped run is not reproducible)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--p-pooled-true", type=float, default=0.1, help="share of samples whose pooled vector is their own caption's")
-    p.add_argument("--p-partial", type=float, default=0.2, help="share of captions that omit the colour, the shape or both")
+    p.add_argument("--p-partial", type=float, default=0.2, help="share of captions that omit the colour, the shape or both "
+                   "(a caption without a colour shows its object white: shapes.UNNAMED_COLOUR)")
     p.add_argument("--p-filler", type=float, default=0.3, help="share of full captions with a filler word before or after them")
     p.add_argument("--p-background", type=float, default=0.0, help="share of pictures on a coloured background their caption names (tried at 0.25: docs/demo_world.md)")
-    p.add_argument("--t5-layers", type=int, default=world_model.T5["num_layers"],
-                   help="layers of the T5 trained with the Flux; 0: each word reaches the Flux on its own token only "
-                        "(tried for the maps: docs/demo_world.md); the loader reads the depth from the weights")
+    p.add_argument("--t5-layers", type=int, default=0,
+                   help="layers of the T5 trained with the Flux; 0 (the committed world): each word reaches the Flux "
+                        "on its own token only, which the colour words' maps need (docs/demo_world.md); the loader "
+                        "reads the depth from the weights")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--map-probes", type=int, default=8, help="pictures per word for the Inspect maps' mIoU at each eval (0: off)")
     p.add_argument("--judge-steps", type=int, default=2000)
@@ -188,6 +190,7 @@ def train_world(args, judge):
     while step < args.max_steps and time.time() - t0 < args.minutes * 60:
         batch = shapes.sample(args.batch, rng, args.p_background)
         texts = shapes.captions(batch, rng, args.p_partial, args.p_filler)
+        batch = shapes.whiten(batch, torch.tensor([not shapes.names_colour(t) for t in texts]))
         loss = training.flow_loss(run.forward, clip_model, table, batch.images, texts, gen, args.p_pooled_true)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr (now {args.lr:g})")

@@ -4,6 +4,8 @@ Trained on the generator (shapes.py) with pixel noise, so it also reads the slig
 the demo Flux draws. Scores every erasure metric of the benchmark (Acc_e, Acc_ir, Acc_g).
 """
 
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,8 @@ from . import shapes
 
 
 class Judge(nn.Module):
-    """images (b, 3, 32, 32) in [0, 1] -> (shape_logits (b, 4), colour_logits (b, len(COLOURS)))."""
+    """images (b, 3, 32, 32) in [0, 1] -> (shape_logits (b, 4), colour_logits (b, len(COLOURS) + 1)); the
+    last colour is shapes.UNNAMED, the white of a caption that names no colour."""
 
     def __init__(self):
         super().__init__()
@@ -24,7 +27,7 @@ class Judge(nn.Module):
             nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),   # (b, 32, 4, 4)
             nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU())
         self.shape_head = nn.Linear(64, len(shapes.SHAPES))
-        self.colour_head = nn.Linear(64, len(shapes.COLOURS))
+        self.colour_head = nn.Linear(64, len(shapes.COLOURS) + 1)
 
     def forward(self, images):
         h = self.features(images * 2 - 1)
@@ -45,6 +48,20 @@ def load(path) -> Judge:
     return judge.eval()
 
 
+P_WHITE = 0.2  # share of the judge's training and held-out pictures drawn white (shapes.UNNAMED_COLOUR)
+
+
+def generator_batch(n: int, rng: np.random.Generator) -> shapes.Batch:
+    """Generator pictures in every colour the world draws (the named ones and, for P_WHITE of them, white),
+    each object at the shade of a random shape rather than its own (shapes.SHADES): the judge reads the shape
+    from the outline and the colour from the hue, not either from the brightness."""
+    data = shapes.whiten(shapes.sample(n, rng), torch.from_numpy(rng.random(n) < P_WHITE))
+    shade = torch.tensor(shapes.SHADES)
+    ratio = shade[torch.from_numpy(rng.integers(0, len(shapes.SHAPES), n))] / shade[data.shape_idx]  # (n,)
+    images = torch.where(data.masks[:, None], data.images * ratio[:, None, None, None], data.images)
+    return dataclasses.replace(data, images=images)
+
+
 def noisy(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Augmentation: per-image Gaussian pixel noise with std in [0, 0.15], clamped to [0, 1]."""
     std = torch.rand((images.shape[0], 1, 1, 1), generator=gen) * 0.15
@@ -60,7 +77,7 @@ def train_judge(seed: int, steps: int = 2000, batch: int = 128, on_log=None) -> 
     opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for step in range(steps):
-        data = shapes.sample(batch, rng)
+        data = generator_batch(batch, rng)
         shape_logits, colour_logits = judge(noisy(data.images, gen))
         loss = F.cross_entropy(shape_logits, data.shape_idx) + F.cross_entropy(colour_logits, data.colour_idx)
         opt.zero_grad()
@@ -74,7 +91,7 @@ def train_judge(seed: int, steps: int = 2000, batch: int = 128, on_log=None) -> 
 
 def held_out_accuracy(judge: Judge, seed: int, n: int = 4000, noise: bool = False) -> tuple[float, float]:
     """(shape accuracy, colour accuracy) on n fresh generator images from `seed` (never a training seed)."""
-    data = shapes.sample(n, np.random.default_rng(seed))
+    data = generator_batch(n, np.random.default_rng(seed))
     images = noisy(data.images, torch.Generator().manual_seed(seed)) if noise else data.images
     shape_idx, colour_idx = judge.predict(images)
     return ((shape_idx == data.shape_idx).float().mean().item(), (colour_idx == data.colour_idx).float().mean().item())

@@ -2,11 +2,13 @@
 
 Plain numpy/torch, no host. Everything is drawn from one `numpy.random.Generator`, so a seed fixes the
 images, the masks and the captions. A 32x32 image has one shape (circle, square, triangle, cross) in one
-colour at a random size and a position near the centre on a dark grey background. Every shape has one or two synonyms
+colour (times the shape's shade: SHADES) at a random size and a position near the centre on a dark grey background. Every shape has one or two synonyms
 ("disc", "box", ...) that the captions use as often as the name itself, so an erasure can be scored on
 words the model knows for the same thing (the paper's generality metric, Acc_g).
 """
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,18 @@ SYNONYMS = {"circle": ("disc", "dot"), "square": ("box", "block"), "triangle": (
 COLOURS = {"red": (0.90, 0.15, 0.15), "green": (0.15, 0.80, 0.20), "blue": (0.20, 0.35, 0.95),
            "yellow": (0.95, 0.85, 0.10)}
 COLOUR_NAMES = tuple(COLOURS)
+# The colour of an object whose caption names none ("a circle", "a shape"): a colour no word names, so that
+# a prompt with its colour word removed has one answer. With a random named colour there instead, erasing
+# "red" by removing the word brought red back for 16-22% of prompts, and pulling it toward "blue" broke the
+# objects where the T5 is local (docs/demo_world.md, "The anchor, not the depth").
+UNNAMED_COLOUR = (0.90, 0.90, 0.90)
+UNNAMED = len(COLOURS)  # its colour_idx
+# Each shape's brightness: an object is drawn in its colour times its shape's shade. With flat colours a shape
+# word decides only the outline, and the image tokens read it on the object's edge and around it, not inside
+# (docs/demo_world.md, "Where a word is read"); with a shade per shape every pixel of the object depends on
+# the shape word, as it does on the colour word. The judge learns shades independent of the shape
+# (judge.generator_batch), so it reads the shape from the outline and the colour from the hue.
+SHADES = (1.0, 0.75, 0.55, 0.4)  # in SHAPES order
 BACKGROUND = (0.15, 0.15, 0.15)
 # Where and how big. Shapes anywhere in the picture (centres over the whole frame) left the tiny Flux
 # drawing blobs whose shape it chose at chance: averaged over all positions, every shape's conditional
@@ -59,8 +73,8 @@ def shape_words(shape: str) -> tuple[str, ...]:
 
 @dataclass
 class Batch:
-    """images (n, 3, 32, 32) float32 in [0, 1]; masks (n, 32, 32) bool; shape_idx, colour_idx (n,) int64;
-    background_idx (n,) int64: -1 for the plain grey BACKGROUND, else the index of the background's colour."""
+    """images (n, 3, 32, 32) float32 in [0, 1]; masks (n, 32, 32) bool; shape_idx, colour_idx (n,) int64
+    (colour_idx UNNAMED: white); background_idx (n,) int64: -1 for the plain grey BACKGROUND, else the index of the background's colour."""
     images: torch.Tensor
     masks: torch.Tensor
     shape_idx: torch.Tensor
@@ -99,11 +113,23 @@ def draw(shape_idx, colour_idx, rng: np.random.Generator, size: int = SIZE, back
     cx = size / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, n)
     masks = np.stack([shape_mask(SHAPES[s], cy[i], cx[i], r[i], size) for i, s in enumerate(shape_idx)])
     colours = np.array([COLOURS[COLOUR_NAMES[c]] for c in colour_idx], dtype=np.float32)  # (n, 3)
+    colours = colours * np.array(SHADES, dtype=np.float32)[shape_idx][:, None]
     palette = np.array([COLOURS[c] for c in COLOUR_NAMES] + [BACKGROUND], dtype=np.float32)  # index -1: plain
     backgrounds = palette[background_idx]  # (n, 3)
     images = np.where(masks[:, None], colours[:, :, None, None], backgrounds[:, :, None, None])
     return Batch(torch.from_numpy(images.astype(np.float32)), torch.from_numpy(masks),
                  torch.from_numpy(shape_idx), torch.from_numpy(colour_idx), torch.from_numpy(background_idx))
+
+
+def whiten(batch: Batch, which: torch.Tensor) -> Batch:
+    """The batch with the objects where `which` (n,) bool is set redrawn in UNNAMED_COLOUR (at their shade)."""
+    white = torch.tensor(UNNAMED_COLOUR)[None, :, None, None] * torch.tensor(SHADES)[batch.shape_idx][:, None, None, None]
+    images = torch.where(which[:, None, None, None] & batch.masks[:, None], white, batch.images)
+    return dataclasses.replace(batch, images=images, colour_idx=torch.where(which, UNNAMED, batch.colour_idx))
+
+
+def names_colour(text: str) -> bool:
+    return any(word in COLOURS for word in re.findall(r"[a-z]+", text))
 
 
 def sample(n: int, rng: np.random.Generator, p_background: float = 0.0) -> Batch:
@@ -148,6 +174,8 @@ def _with_filler(text: str, rng: np.random.Generator, p_filler: float) -> str:
 
 
 def captions(batch: Batch, rng: np.random.Generator, p_partial: float = 0.0, p_filler: float = 0.0) -> list[str]:
+    """A caption per picture of a batch of named colours (shapes.sample); training then draws the objects of
+    captions that name no colour white (whiten)."""
     return [caption(SHAPES[s], COLOUR_NAMES[c], rng, p_partial, None if b < 0 else COLOUR_NAMES[b], p_filler)
             for s, c, b in zip(batch.shape_idx.tolist(), batch.colour_idx.tolist(), batch.background_idx.tolist())]
 

@@ -33,8 +33,8 @@ def test_coloured_backgrounds_differ_from_the_object_and_leave_the_plain_stream_
 def test_masks_cover_exactly_the_coloured_pixels():
     data = shapes.sample(200, np.random.default_rng(0))
     background = torch.tensor(shapes.BACKGROUND)[:, None]
-    for image, mask, c in zip(data.images, data.masks, data.colour_idx):
-        colour = torch.tensor(shapes.COLOURS[shapes.COLOUR_NAMES[c]])[:, None]
+    for image, mask, c, k in zip(data.images, data.masks, data.colour_idx, data.shape_idx):
+        colour = torch.tensor(shapes.COLOURS[shapes.COLOUR_NAMES[c]])[:, None] * shapes.SHADES[k]  # every shape its own shade
         assert 20 < mask.sum() < 32 * 32 // 2, "a shape is visible and leaves background around it"
         assert torch.allclose(image[:, mask], colour.expand(-1, int(mask.sum())))
         assert torch.allclose(image[:, ~mask], background.expand(-1, int((~mask).sum())))
@@ -81,6 +81,25 @@ def test_captions_use_the_synonyms_and_stay_in_the_closed_set():
         assert any(w in text.split() for w in shapes.shape_words(shapes.SHAPES[s])), text
 
 
+def test_a_caption_without_a_colour_gets_a_white_object_and_every_other_picture_is_untouched():
+    rng = np.random.default_rng(5)
+    data = shapes.sample(400, rng)
+    texts = shapes.captions(data, rng, p_partial=0.5, p_filler=0.5)
+    unnamed = torch.tensor([not shapes.names_colour(t) for t in texts])
+    assert 0.2 < unnamed.float().mean() < 0.4, "partial captions without a colour: 0.6 of half"
+    white = shapes.whiten(data, unnamed)
+    assert torch.equal(white.masks, data.masks) and torch.equal(white.shape_idx, data.shape_idx)
+    assert torch.equal(white.images[~unnamed], data.images[~unnamed])
+    assert (white.colour_idx == shapes.UNNAMED).tolist() == unnamed.tolist()
+    for image, mask, k in zip(white.images[unnamed], white.masks[unnamed], white.shape_idx[unnamed]):
+        white_at_shade = torch.tensor(shapes.UNNAMED_COLOUR)[:, None] * shapes.SHADES[k]
+        assert torch.allclose(image[:, mask], white_at_shade.expand(-1, int(mask.sum())))
+        assert torch.allclose(image[:, ~mask], torch.tensor(shapes.BACKGROUND)[:, None].expand(-1, int((~mask).sum())))
+    # a colour is named wherever it stands, punctuation or not; words that merely contain one are not colours
+    assert shapes.names_colour("the circle is red, wow") and shapes.names_colour("yellow")
+    assert not shapes.names_colour("a circle") and not shapes.names_colour("") and not shapes.names_colour("reddish blob")
+
+
 def test_pixel_vae_round_trips_and_model_space_is_the_pixels():
     pixels = torch.rand(3, 3, 32, 32) * 2 - 1
     x = pixels_to_model_space(pixels)
@@ -93,9 +112,20 @@ def test_pixel_vae_round_trips_and_model_space_is_the_pixels():
     assert torch.allclose(vae.decode(z), pixels, atol=1e-6)
 
 
+def test_the_judge_sees_every_shade_in_every_shape_and_white():
+    """The judge's pictures break the world's tie between shape and shade, so it cannot read one from the other."""
+    data = judge_lib.generator_batch(2000, np.random.default_rng(0))
+    brightness = torch.stack([image[:, mask].amax(0).mean() for image, mask in zip(data.images, data.masks)])
+    white = data.colour_idx == shapes.UNNAMED
+    assert 0.15 < white.float().mean() < 0.25
+    for k in range(len(shapes.SHAPES)):
+        levels = {round(v / 0.9, 2) for v in brightness[white & (data.shape_idx == k)].tolist()}
+        assert levels == set(shapes.SHADES), (shapes.SHAPES[k], levels)
+
+
 def test_judge_outputs_one_prediction_per_image():
     torch.manual_seed(0)
     judge = judge_lib.Judge().eval()
     shape_idx, colour_idx = judge.predict(torch.rand(5, 3, 32, 32))
     assert shape_idx.shape == colour_idx.shape == (5,)
-    assert shape_idx.max() < 4 and colour_idx.max() < len(shapes.COLOURS)
+    assert shape_idx.max() < 4 and colour_idx.max() <= shapes.UNNAMED, "four named colours and white"
