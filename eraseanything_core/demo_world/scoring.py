@@ -153,6 +153,32 @@ def attention_miou(inspect, patcher, clip, vae, target: str, probes: int, seed: 
     return out
 
 
+def token_regions(mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The image tokens (TOKEN_PX-px squares) of a (H, W) bool true mask by where they lie: "inside" the object,
+    on its "edge" (part object), "next" to it (touching an inside or edge token) or "far"; (H/4, W/4) bool each."""
+    cover = torch.nn.functional.avg_pool2d(mask.float()[None, None], TOKEN_PX)[0, 0]  # object share per token
+    touches = torch.nn.functional.max_pool2d((cover > 0).float()[None, None], 3, stride=1, padding=1)[0, 0] > 0
+    return {"inside": cover == 1, "edge": (cover > 0) & (cover < 1), "next": (cover == 0) & touches, "far": ~touches}
+
+
+def map_regions(inspect, patcher, clip, vae, target: str, probes: int, seed: int, mode: str = "attention") -> dict:
+    """Where the target word's map sits: its mean over the tokens of each token_regions region, the map min-max
+    normalised per picture (the node's soft mask before upsampling), averaged over the attention_probes pictures
+    that have the region. An IoU at 4-px tokens cannot tell a map on the object's inside from one on its edge or
+    on the background next to it; this can."""
+    texts, batch = attention_probes(target, probes, seed=seed)
+    values = {}
+    for i, text in enumerate(texts):
+        with torch.inference_mode():
+            token_map = inspect(patcher, clip, text, target, image=batch.images[i:i + 1].permute(0, 2, 3, 1), vae=vae,
+                                mode=mode).maps[0]  # (8, 8)
+        token_map = (token_map - token_map.min()) / (token_map.max() - token_map.min()).clamp_min(1e-12)
+        for name, tokens in token_regions(batch.masks[i]).items():
+            if tokens.any():
+                values.setdefault(name, []).append(token_map[tokens].mean().item())
+    return {name: statistics.fmean(v) for name, v in values.items()}
+
+
 # --- Erasing in the world ---------------------------------------------------------------------------
 
 # Each target with the word its prompts are anchored to (ESD pulls the concept toward the anchor, so the

@@ -12,6 +12,8 @@ Run: `python -m tests.benchmarks.demo_world_quality` from the repo root (a few m
                            heads mean, per-word scale) on generator pictures "a {colour} {shape}" with their
                            true masks: mean IoU of the word's soft mask at 0.5, per word and mode, beside
                            a fixed map's (scoring.fixed_map_miou: what position alone scores)
+  attention_regions        where each word's raw map sits (scoring.map_regions): its mean over the image tokens
+                           inside the object, on its edge, next to it and far from it (min-max normalised)
   swap_test                the concept through the T5 tokens only / the pooled vector only (training.swap_test)
   word_token               which T5 positions carry a word: the word's own token or the rest of the prompt
                            (training.word_token_test; the Inspect maps read the word's own token)
@@ -88,14 +90,16 @@ def drawing(sample, judge, per_group: int) -> dict:
     return out
 
 
-def attention(inspect_runtime, patcher, clip, vae, probes: int) -> dict:
-    """{word: {"raw": mIoU, "output_space": mIoU}} at the Inspect node's defaults."""
-    out = {}
+def attention(inspect_runtime, patcher, clip, vae, probes: int) -> tuple[dict, dict]:
+    """({word: {"raw": mIoU, "output_space": mIoU, "fixed_map": mIoU}}, {word: {region: mean raw map}}) at the
+    Inspect node's defaults."""
+    miou, regions = {}, {}
     for word in WORDS:
-        out[word] = {**attention_miou(inspect_runtime, patcher, clip, vae, word, probes),
-                     "fixed_map": scoring.fixed_map_miou(word, probes, SEED)}
-        log.info("attention mIoU %s: %s", word, out[word])
-    return out
+        miou[word] = {**attention_miou(inspect_runtime, patcher, clip, vae, word, probes),
+                      "fixed_map": scoring.fixed_map_miou(word, probes, SEED)}
+        regions[word] = scoring.map_regions(inspect_runtime.inspect, patcher, clip, vae, word, probes, SEED)
+        log.info("attention %s: mIoU %s, raw map by region %s", word, miou[word], regions[word])
+    return miou, regions
 
 
 def token_tests(world, judge) -> tuple[dict, dict]:
@@ -149,6 +153,11 @@ def markdown(d: dict, swap: dict, word_token: dict) -> str:
               "| word | raw | output space | fixed map |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {w} | {m['raw']:.3f} | {m['output_space']:.3f} | {m['fixed_map']:.3f} |"
               for w, m in d["attention_miou"].items()]
+    lines += ["", "Where each word's raw map sits (scoring.map_regions, the same pictures): the map min-max normalised "
+              "per picture, its mean over the 4-px image tokens inside the object, on its edge (part object), next to "
+              "it and far from it.", "", "| word | inside | edge | next to it | far |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {w} | {r['inside']:.2f} | {r['edge']:.2f} | {r['next']:.2f} | {r['far']:.2f} |"
+              for w, r in d["attention_regions"].items()]
     lines += ["", "Swap test: share of pictures showing the concept when it reaches the model through one path only.", "",
               "| concept | both | T5 tokens only | pooled vector only | neither |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {t} | {_pct(s['both'])} | {_pct(s['tokens_only'])} | {_pct(s['pooled_only'])} | {_pct(s['neither'])} |"
@@ -178,7 +187,8 @@ def main(argv=None):
     log.info("drawing: %s", json.dumps(data))
     if not args.no_attention:
         inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
-        data["attention_miou"] = attention(inspect_runtime, patcher, clip, vae, ATTENTION_PROBES)
+        data["attention_miou"], data["attention_regions"] = attention(inspect_runtime, patcher, clip, vae,
+                                                                      ATTENTION_PROBES)
     swap, word_token = token_tests(world, judge)
     log.info("swap: %s", json.dumps(swap))
     log.info("word token: %s", json.dumps(word_token))

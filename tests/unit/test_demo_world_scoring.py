@@ -93,3 +93,14 @@ def test_fixed_map_scores_position_alone_between_a_blank_map_and_each_pictures_o
     whole_picture = sum(scoring.iou(torch.ones(32, 32), m) for m in batch.masks) / probes
     assert whole_picture < fixed < own_miou, (whole_picture, fixed, own_miou)
     assert own_miou > 0.8 and fixed > 0.4
+
+
+def test_token_regions_split_the_grid_by_where_each_token_lies():
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[8:20, 8:18] = True  # tokens (2..4, 2..3) inside; rows 2-4 and column 4 partly covered
+    regions = scoring.token_regions(mask)
+    assert set(regions) == {"inside", "edge", "next", "far"}
+    assert sum(r.long() for r in regions.values()).eq(1).all(), "every token in exactly one region"
+    assert regions["inside"].nonzero().tolist() == [[2, 2], [2, 3], [3, 2], [3, 3], [4, 2], [4, 3]]
+    assert regions["edge"].nonzero().tolist() == [[2, 4], [3, 4], [4, 4]]
+    assert regions["next"].sum() == 5 * 5 - 9 and regions["far"].sum() == 64 - 25
