@@ -185,11 +185,16 @@ def map_regions(inspect, patcher, clip, vae, target: str, probes: int, seed: int
 # anchor's own rate of drawing the target is the floor of Acc_e), its synonyms and K = 3 other concepts
 # of the same kind (Eq. 5 and the retain set). The default form erases the target from one prompt per
 # value of the other attribute ("a red circle", "a red square", ...), each anchored to the same prompt
-# with the anchor word ("a blue circle"); the paper form is the released code's one prompt and one anchor.
+# with the anchor word ("a red circle" -> "a red square"), or, for "red", with the word removed (the
+# node's default: "a circle", which the world draws white); the paper form is the released code's one
+# prompt and one anchor. Why red has no anchor word: a q/k LoRA cannot make "a red circle" read "blue"
+# where no text position carries blue, and the world's T5 is local (docs/demo_world.md; erasure_quality
+# measures "blue" beside it); a shape removed has no answer the judge can tell from the target ("a red"
+# draws any shape), so the shapes keep theirs.
 TARGETS = {
     "circle": dict(anchor_word="square", synonyms=shapes.SYNONYMS["circle"], irrelevant=("square", "triangle", "cross")),
     "triangle": dict(anchor_word="cross", synonyms=shapes.SYNONYMS["triangle"], irrelevant=("circle", "square", "cross")),
-    "red": dict(anchor_word="blue", irrelevant=("green", "blue", "yellow")),
+    "red": dict(anchor_word="", irrelevant=("green", "blue", "yellow")),
 }
 PAPER_FORM = {"circle": dict(prompt="a circle", anchor="a square"),
               "triangle": dict(prompt="a triangle", anchor="a cross"),

@@ -76,7 +76,10 @@ ROWS = {
     "default_no_retain": ("default", dict(lambda_retain=0.0)),
     "default_paper_rsc": ("default", dict(lambda_rsc=0.1, rsc_feature="head0", rsc_orientation="paper")),
     "default_uniform_sigma": ("default", dict(sigma_schedule="uniform")),
+    "default_red_to_blue": ("default", dict(anchor_word="blue")),
 }
+# Rows measured on some targets only: red's anchor word before the committed world removed the word instead.
+ROW_TARGETS = {"default_red_to_blue": ("red",)}
 ROW_NAMES = {"none": "no erasure",
              "esd_only": "ESD loss alone (Eq. 2), one prompt",
              "released_schedule": "released code's schedule: paper preset, resampled every erase step, LoRA references",
@@ -84,7 +87,8 @@ ROW_NAMES = {"none": "no erasure",
              "default": "`default`: one prompt per other attribute with its anchor, retain-set distillation",
              "default_no_retain": "`default` without the retain set",
              "default_paper_rsc": "`default` + Eq. 5 at 0.1, paper orientation (head 0)",
-             "default_uniform_sigma": "`default` with uniform sigma (the released code's t ~ U[0, 1))"}
+             "default_uniform_sigma": "`default` with uniform sigma (the released code's t ~ U[0, 1))",
+             "default_red_to_blue": "`default` with the anchor word 'blue' (each line's 'red' replaced, not removed)"}
 METRICS = ("acc_e", "acc_e_floor", "acc_g", "acc_ir_all", "acc_ir_same", "kept_on_target")
 
 
@@ -134,6 +138,8 @@ def run_target(target: str, world, judge, inspect_runtime, rows, seeds, samples,
     base = _scores(world_model.sampler(patcher, clip), judge, target, anchors, samples)
     out = {}
     for row in rows:
+        if target not in ROW_TARGETS.get(row, (target,)):
+            continue
         if ROWS[row] is None:
             out[row] = {**_summary([base], base), "seeds": 0, "forward_equivalents": 0}
             continue
@@ -190,8 +196,9 @@ def markdown(quality: dict, miou: dict, judge_acc: dict, seeds) -> str:
              "Acc_ir); kept = target prompts whose other attribute survived.", ""]
     for target, rows in quality.items():
         cfg = scoring.erasure_config(target)
-        lines += [f"**Target '{target}'**: default prompts {list(cfg.concept_prompts)} with anchor word "
-                  f"'{cfg.anchor_word}'; paper form prompt '{scoring.PAPER_FORM[target]['prompt']}', anchor "
+        anchor = f"anchor word '{cfg.anchor_word}'" if cfg.anchor_word else "the target's word removed for the anchor"
+        lines += [f"**Target '{target}'**: default prompts {list(cfg.concept_prompts)} with {anchor}; paper form "
+                  f"prompt '{scoring.PAPER_FORM[target]['prompt']}', anchor "
                   f"'{scoring.PAPER_FORM[target]['anchor']}'; {cfg.steps} steps, rank {cfg.rank}, lr {cfg.learning_rate:g}.", "",
                   "| row | Acc_e | floor | Acc_g | acc_ir_all | acc_ir_same | kept | held-out Acc_e | held-out acc_ir_all | "
                   "held-out kept | forward-equivalents | run s |",
