@@ -82,7 +82,7 @@ def attention_grid(pictures: torch.Tensor, before: list[torch.Tensor], after: li
     n = len(before)
     img = Image.new("RGB", (left + n * CELL, head + 3 * CELL), (24, 24, 24))
     draw = ImageDraw.Draw(img)
-    _label(draw, (4, 2), f"Attention Map Inspect: where the image attends to '{word}' (output-space maps)")
+    _label(draw, (4, 2), f"Attention Map Inspect: where the image attends to '{word}' (raw attention)")
     for c, pic in enumerate(_pictures(pictures[:n])):
         img.paste(pic, (left + c * CELL, head))
     for r, (name, masks) in enumerate((("before", before), ("after", after)), start=1):
@@ -142,7 +142,7 @@ def main(argv=None):
         for i, text in enumerate(texts):
             with torch.inference_mode():
                 insp = inspect_runtime.inspect(model, clip, text, args.target, image=probes.images[i:i + 1].permute(0, 2, 3, 1),
-                                               vae=vae, mode="output_space")
+                                               vae=vae, mode="attention")
             maps[name].append(insp.masks[0])
     attention_grid(probes.images, maps["before"], maps["after"], args.target, visual).save(out / "attention_before_after.png")
     visual.loss_chart(result.history).save(out / "loss_curve.png")

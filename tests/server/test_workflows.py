@@ -289,10 +289,11 @@ def test_demo_world_example_runs_unchanged_and_its_pictures_lose_the_red(comfy_s
                                                          for f in files])
     assert set(saved) == {"Before", "After"} and saved["Before"].shape == (8, 32, 32, 3), {k: v.shape for k, v in saved.items()}
     judge = judge_lib.load(REPO_ROOT / "models" / "demo_world" / "judge.safetensors")
-    # the example erases "red" from one prompt line per shape, each anchored by the word "blue", and draws
+    # the example erases "red" from one prompt line per shape, each anchored to the line without the word
+    # (anchor_word empty, the node's default: "a triangle", which the world draws white), and draws
     # "a red triangle" before and after: the red goes, the triangle stays
     train = next(n for n in prompt.values() if n["class_type"] == "EraseAnything_TrainErasureLoRA")
-    assert len(train["inputs"]["prompt"].splitlines()) >= 2 and train["inputs"]["anchor_word"] == "blue"
+    assert len(train["inputs"]["prompt"].splitlines()) >= 2 and train["inputs"]["anchor_word"] == ""
     red, triangle = shapes.COLOUR_NAMES.index("red"), shapes.SHAPES.index("triangle")
     predicted = {k: judge.predict(v.permute(0, 3, 1, 2).float() / 255) for k, v in saved.items()}
     rate = {k: (colour == red).float().mean().item() for k, (_, colour) in predicted.items()}
