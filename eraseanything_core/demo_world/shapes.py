@@ -2,9 +2,10 @@
 
 Plain numpy/torch, no host. Everything is drawn from one `numpy.random.Generator`, so a seed fixes the
 images, the masks and the captions. A 32x32 image has one shape (circle, square, triangle, cross) in one
-colour (times the shape's shade: SHADES) at a random size and a position near the centre on a dark grey background. Every shape has one or two synonyms
-("disc", "box", ...) that the captions use as often as the name itself, so an erasure can be scored on
-words the model knows for the same thing (the paper's generality metric, Acc_g).
+colour (times the shape's shade: SHADES) at a random size and a position near the centre on a dark grey
+background. Every shape has one or two synonyms ("disc", "box", ...) that the captions use as often as the
+name itself, so an erasure can be scored on words the model knows for the same thing (the paper's generality
+metric, Acc_g).
 """
 
 import dataclasses
@@ -28,7 +29,7 @@ UNNAMED_COLOUR = (0.90, 0.90, 0.90)
 UNNAMED = len(COLOURS)  # its colour_idx
 # Each shape's brightness: an object is drawn in its colour times its shape's shade. With flat colours a shape
 # word decides only the outline, and the image tokens read it on the object's edge and around it, not inside
-# (docs/demo_world.md, "Where a word is read"); with a shade per shape every pixel of the object depends on
+# (docs/demo_world.md, "v4: a shade per shape"); with a shade per shape every pixel of the object depends on
 # the shape word, as it does on the colour word. The judge learns shades independent of the shape
 # (judge.generator_batch), so it reads the shape from the outline and the colour from the hue.
 SHADES = (1.0, 0.75, 0.55, 0.4)  # in SHAPES order
@@ -74,7 +75,8 @@ def shape_words(shape: str) -> tuple[str, ...]:
 @dataclass
 class Batch:
     """images (n, 3, 32, 32) float32 in [0, 1]; masks (n, 32, 32) bool; shape_idx, colour_idx (n,) int64
-    (colour_idx UNNAMED: white); background_idx (n,) int64: -1 for the plain grey BACKGROUND, else the index of the background's colour."""
+    (colour_idx UNNAMED: white); background_idx (n,) int64: -1 for the plain grey BACKGROUND, else the index
+    of the background's colour."""
     images: torch.Tensor
     masks: torch.Tensor
     shape_idx: torch.Tensor
