@@ -135,24 +135,6 @@ def fixed_map_miou(target: str, probes: int, seed: int) -> float:
     return statistics.fmean(iou(soft, truth) for truth in batch.masks)
 
 
-def attention_miou(inspect, patcher, clip, vae, target: str, probes: int, seed: int,
-                   modes: tuple[str, ...] = ("attention", "output_space")) -> dict:
-    """{"raw": mIoU, "output_space": mIoU} (only the keys of `modes`) of the target word's map at the
-    Attention Map Inspect node's defaults on `probes` attention_probes pictures with their true masks.
-    inspect: the node's runtime function (nodes/inspect_runtime.py), passed in: this module imports no host."""
-    texts, batch = attention_probes(target, probes, seed=seed)
-    out = {}
-    for mode in modes:
-        ious = []
-        for i, text in enumerate(texts):
-            image = batch.images[i:i + 1].permute(0, 2, 3, 1)  # (1, 32, 32, 3) IMAGE
-            with torch.inference_mode():
-                result = inspect(patcher, clip, text, target, image=image, vae=vae, mode=mode)
-            ious.append(iou(result.masks[0], batch.masks[i]))
-        out["raw" if mode == "attention" else "output_space"] = statistics.fmean(ious)
-    return out
-
-
 def token_regions(mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """The image tokens (TOKEN_PX-px squares) of a (H, W) bool true mask by where they lie: "inside" the object,
     on its "edge" (part object), "next" to it (touching an inside or edge token) or "far"; (H/4, W/4) bool each."""
@@ -161,22 +143,33 @@ def token_regions(mask: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"inside": cover == 1, "edge": (cover > 0) & (cover < 1), "next": (cover == 0) & touches, "far": ~touches}
 
 
-def map_regions(inspect, patcher, clip, vae, target: str, probes: int, seed: int, mode: str = "attention") -> dict:
-    """Where the target word's map sits: its mean over the tokens of each token_regions region, the map min-max
-    normalised per picture (the node's soft mask before upsampling), averaged over the attention_probes pictures
-    that have the region. An IoU at 4-px tokens cannot tell a map on the object's inside from one on its edge or
-    on the background next to it; this can."""
+def probe_scores(inspect, patcher, clip, vae, target: str, probes: int, seed: int, mode: str = "attention") -> dict:
+    """One Inspect run per attention_probes picture (node defaults, one mode), two readings of its map:
+    "miou": mean IoU of the word's soft mask at 0.5 with the true mask; "regions": {region: mean of the soft
+    mask on the token grid over the token_regions region}, averaged over the pictures that have the region. An IoU
+    at 4-px tokens cannot tell a map on the object's inside from one on its edge or on the background next to it;
+    the regions can. inspect: the node's runtime function (nodes/inspect_runtime.py), passed in: this module
+    imports no host."""
     texts, batch = attention_probes(target, probes, seed=seed)
-    values = {}
+    ious, regions = [], {}
     for i, text in enumerate(texts):
+        image = batch.images[i:i + 1].permute(0, 2, 3, 1)  # (1, 32, 32, 3) IMAGE
         with torch.inference_mode():
-            token_map = inspect(patcher, clip, text, target, image=batch.images[i:i + 1].permute(0, 2, 3, 1), vae=vae,
-                                mode=mode).maps[0]  # (8, 8)
-        token_map = (token_map - token_map.min()) / (token_map.max() - token_map.min()).clamp_min(1e-12)
+            result = inspect(patcher, clip, text, target, image=image, vae=vae, mode=mode)
+        ious.append(iou(result.masks[0], batch.masks[i]))
+        token_mask = soft_masks(result.maps)[0]  # (8, 8): the soft mask before upsampling
         for name, tokens in token_regions(batch.masks[i]).items():
             if tokens.any():
-                values.setdefault(name, []).append(token_map[tokens].mean().item())
-    return {name: statistics.fmean(v) for name, v in values.items()}
+                regions.setdefault(name, []).append(token_mask[tokens].mean().item())
+    return {"miou": statistics.fmean(ious), "regions": {name: statistics.fmean(v) for name, v in regions.items()}}
+
+
+def attention_miou(inspect, patcher, clip, vae, target: str, probes: int, seed: int,
+                   modes: tuple[str, ...] = ("attention", "output_space")) -> dict:
+    """{"raw": mIoU, "output_space": mIoU} (only the keys of `modes`) of the target word's map at the
+    Attention Map Inspect node's defaults (probe_scores)."""
+    return {"raw" if mode == "attention" else "output_space":
+            probe_scores(inspect, patcher, clip, vae, target, probes, seed, mode)["miou"] for mode in modes}
 
 
 # --- Erasing in the world ---------------------------------------------------------------------------

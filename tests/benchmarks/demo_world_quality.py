@@ -12,7 +12,7 @@ Run: `python -m tests.benchmarks.demo_world_quality` from the repo root (a few m
                            heads mean, per-word scale) on generator pictures "a {colour} {shape}" with their
                            true masks: mean IoU of the word's soft mask at 0.5, per word and mode, beside
                            a fixed map's (scoring.fixed_map_miou: what position alone scores)
-  attention_regions        where each word's raw map sits (scoring.map_regions): its mean over the image tokens
+  attention_regions        where each word's raw map sits (scoring.probe_scores): its mean over the image tokens
                            inside the object, on its edge, next to it and far from it (min-max normalised)
   swap_test                the concept through the T5 tokens only / the pooled vector only (training.swap_test)
   word_token               which T5 positions carry a word: the word's own token or the rest of the prompt
@@ -95,9 +95,11 @@ def attention(inspect_runtime, patcher, clip, vae, probes: int) -> tuple[dict, d
     Inspect node's defaults."""
     miou, regions = {}, {}
     for word in WORDS:
-        miou[word] = {**attention_miou(inspect_runtime, patcher, clip, vae, word, probes),
+        raw = scoring.probe_scores(inspect_runtime.inspect, patcher, clip, vae, word, probes, SEED)
+        miou[word] = {"raw": raw["miou"], **attention_miou(inspect_runtime, patcher, clip, vae, word, probes,
+                                                           modes=("output_space",)),
                       "fixed_map": scoring.fixed_map_miou(word, probes, SEED)}
-        regions[word] = scoring.map_regions(inspect_runtime.inspect, patcher, clip, vae, word, probes, SEED)
+        regions[word] = raw["regions"]
         log.info("attention %s: mIoU %s, raw map by region %s", word, miou[word], regions[word])
     return miou, regions
 
@@ -153,7 +155,7 @@ def markdown(d: dict, swap: dict, word_token: dict) -> str:
               "| word | raw | output space | fixed map |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {w} | {m['raw']:.3f} | {m['output_space']:.3f} | {m['fixed_map']:.3f} |"
               for w, m in d["attention_miou"].items()]
-    lines += ["", "Where each word's raw map sits (scoring.map_regions, the same pictures): the map min-max normalised "
+    lines += ["", "Where each word's raw map sits (scoring.probe_scores, the same pictures): the map min-max normalised "
               "per picture, its mean over the 4-px image tokens inside the object, on its edge (part object), next to "
               "it and far from it.", "", "| word | inside | edge | next to it | far |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {w} | {r['inside']:.2f} | {r['edge']:.2f} | {r['next']:.2f} | {r['far']:.2f} |"
