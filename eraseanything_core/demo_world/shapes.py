@@ -86,19 +86,25 @@ class Batch:
 
 def shape_mask(shape: str, cy: float, cx: float, r: float, size: int = SIZE) -> np.ndarray:
     """(size, size) bool mask of one shape with centre (cy, cx) and half-extent r, in pixels."""
+    # A shape word's map goes where the word decides the picture. v4's triangle (rows cy - r to cy + 0.8 r)
+    # left a band under its base that every other shape fills, and its word's map peaked on that band of
+    # background (raw mIoU 0.215); v4's cross (arms 0.7 r wide, reaching r) had almost no token wholly inside
+    # it (0.299). Now the triangle's base is on the others' bottom row and it reaches past them (apex, base
+    # corners); the cross's arms are 0.9 r wide and reach 1.1 r, past the square, so its corner notches stay
+    # 0.65 r wide: with arms of 0.5 r reaching r the world drew crosses as squares (docs/demo_world.md, "v5").
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     dy, dx = y - cy, x - cx
     if shape == "circle":
         return dy * dy + dx * dx <= r * r
     if shape == "square":
         return (np.abs(dy) <= r) & (np.abs(dx) <= r)  # the circle's bounding box: corners 0.41 r beyond it
-    if shape == "triangle":  # apex up; rows cy - r (apex) to cy + 0.8 r (base, width 2r)
-        top, bottom = cy - r, cy + 0.8 * r
-        half_width = (y - top) / (bottom - top) * r
+    if shape == "triangle":  # apex up; rows cy - 1.1 r (apex) to cy + r (base, width 2.2 r)
+        top, bottom = cy - 1.1 * r, cy + r
+        half_width = (y - top) / (bottom - top) * 1.1 * r
         return (y >= top) & (y <= bottom) & (np.abs(dx) <= half_width)
     if shape == "cross":
-        arm = 0.35 * r
-        return ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
+        arm, reach = 0.45 * r, 1.1 * r
+        return ((np.abs(dx) <= arm) & (np.abs(dy) <= reach)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= reach))
     raise ValueError(f"shape: unknown shape {shape!r}; use one of {SHAPES}")
 
 

@@ -50,6 +50,14 @@ def test_every_shape_and_colour_appears_and_shapes_differ():
             assert (masks[i] != masks[j]).sum() > 20, (shapes.SHAPES[i], shapes.SHAPES[j])
 
 
+def test_no_shape_leaves_a_band_under_it_that_the_others_fill():
+    """Every shape reaches at least the circle's and the square's bottom row: v4's triangle ended 0.2 r above
+    them, and its word's map peaked on that band of background instead of on the object (docs/demo_world.md,
+    "v5")."""
+    bottoms = {s: np.nonzero(shapes.shape_mask(s, 16, 16, 10).any(axis=1))[0].max() for s in shapes.SHAPES}
+    assert min(bottoms.values()) == bottoms["circle"] == bottoms["square"], bottoms
+
+
 def strip_filler(text: str) -> str:
     for form in shapes.FILLER_FORMS:
         head, tail = form.split("{t}")
