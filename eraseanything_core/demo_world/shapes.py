@@ -91,7 +91,8 @@ def shape_mask(shape: str, cy: float, cx: float, r: float, size: int = SIZE) -> 
     # background (raw mIoU 0.215); v4's cross (arms 0.7 r wide, reaching r) had almost no token wholly inside
     # it (0.299). Now the triangle's base is on the others' bottom row and it reaches past them (apex, base
     # corners); the cross's arms are 0.9 r wide and reach 1.1 r, past the square, so its corner notches stay
-    # 0.65 r wide: with arms of 0.5 r reaching r the world drew crosses as squares (docs/demo_world.md, "v5").
+    # 0.65 r wide: with arms 1.0 r wide reaching r, the world got 37.5% of cross prompts wrong (docs/demo_world.md,
+    # "v5").
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     dy, dx = y - cy, x - cx
     if shape == "circle":
