@@ -95,7 +95,7 @@ def step_ratio(repeats: int) -> dict:
             parts[f"{name}_backward"].append(time.process_time() - start)
 
         def timed_forward(name, fn):
-            optimizer.zero_grad(set_to_none=True)  # before the step: the preserve step backpropagates D_ir itself
+            optimizer.zero_grad(set_to_none=True)  # before the step: the preserve step backpropagates its retain term itself
             start = time.process_time()
             loss = fn()
             parts[f"{name}_forward"].append(time.process_time() - start)
@@ -243,7 +243,7 @@ def memory_child() -> dict:
             baseline = _status_mb("VmRSS")
             saved, seconds, peaks = [], [], []
             for step in (trainer.erase_step, trainer.preserve_step):
-                trainer.optimizer.zero_grad(set_to_none=True)  # before: the preserve step backpropagates D_ir itself
+                trainer.optimizer.zero_grad(set_to_none=True)  # before: the preserve step backpropagates its retain term itself
                 _reset_peak_rss()
                 t0 = time.perf_counter()
                 hooks = SavedForBackward(weight_ptrs)
@@ -341,17 +341,17 @@ def _speed_lines(ratio: dict, applied: dict, captured: dict) -> list[str]:
         "| --- | ---: |",
         f"| erase_step forward: frozen references (anchor + concept, one batch of 2: this trainer is built on given latents, which carry no stored velocity; a sampled run passes the anchor only) + training forward with Eq. 3 capture | {parts['erase_forward']:.1f} |",
         f"| erase backward + AdamW | {parts['erase_backward']:.1f} |",
-        f"| preserve_step: training forward + backward on an irrelevant concept's sample (Eq. 4 on D_ir, backpropagated inside the step), then training forward on the concept (Eq. 5 is off by default) | {parts['preserve_forward']:.1f} |",
-        f"| preserve backward (the concept's term) + AdamW | {parts['preserve_backward']:.1f} |",
+        f"| preserve_step: training forward + backward on one retain prompt's stored frozen state (the retain-set distillation, backpropagated inside the step; the concept's own forward runs only for Eq. 4 on the concept or Eq. 5, both off by default) | {parts['preserve_forward']:.1f} |",
+        f"| preserve: AdamW (its loss is already backpropagated) | {parts['preserve_backward']:.1f} |",
         f"| plain step: training forward | {parts['plain_forward']:.1f} |",
         f"| plain step: backward + AdamW | {parts['plain_backward']:.1f} |",
         "",
-        f"A bi-level step runs {ratio['bilevel_forwards']:.1f} forwards (in samples) and backwards through 3 "
-        "samples (the erase step's training forward and the preserve step's two, one after the other so that one "
+        f"A bi-level step runs {ratio['bilevel_forwards']:.1f} forwards (in samples) and backwards through 2 "
+        "samples (the erase step's training forward and the retain sample's, one after the other so that one "
         "sample's activations are alive at a time); a plain LoRA step runs 1 and 1. "
         "The ratio is set by this pass count, not by overhead: the frozen references of Eq. 2 and the "
-        "flow matching on an irrelevant concept's sample are passes a plain LoRA step does not have. A run on "
-        "sampled concept images (the default) has the concept reference stored and runs 4 forwards; the "
+        "retain-set distillation are passes a plain LoRA step does not have. A run on "
+        "sampled concept images (the default) has the concept reference stored and runs one forward fewer; the "
         "same counts hold on FLUX.1-dev (no truncated passes with Eq. 5 off).",
         "",
     ]
