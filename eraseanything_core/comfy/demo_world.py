@@ -228,15 +228,17 @@ def runner(patcher) -> FluxRunner:
 
 @torch.no_grad()
 def sample_latents(run: FluxRunner, context: torch.Tensor, pooled: torch.Tensor, noise: torch.Tensor,
-                   steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE) -> torch.Tensor:
+                   steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE, attention_override=None) -> torch.Tensor:
     """Pictures (b, 3, 32, 32) in [0, 1] for context (b, 16, 64), pooled (b, 32) and noise (b, 16, 16, 16):
-    Euler on the model's own schedule, as KSampler draws with euler / simple / cfg 1 and FluxGuidance."""
+    Euler on the model's own schedule, as KSampler draws with euler / simple / cfg 1 and FluxGuidance.
+    attention_override: an optimized_attention_override for every attention call (training.WordKeyMask)."""
     b, device = noise.shape[0], run.device
     sigmas = run.sigmas(steps).to(device)
     g = torch.full((b,), guidance)
+    options = None if attention_override is None else {"optimized_attention_override": attention_override}
 
     def velocity(x, sigma):
-        return run.forward(x, torch.full((b,), sigma), context, pooled, g)
+        return run.forward(x, torch.full((b,), sigma), context, pooled, g, transformer_options=options)
     x = euler_sample(velocity, noise.to(device), sigmas)  # the model-space latent: pixels in [-1, 1] (vae.py)
     return ((model_space_to_pixels(x.float().cpu()) + 1) / 2).clamp(0, 1)
 
@@ -267,5 +269,6 @@ def sampler(patcher, clip):
 
 
 def cond_sampler(run: FluxRunner):
-    """sample(context, pooled, seed) -> pictures, for demo_world/training.py's evaluations."""
-    return lambda context, pooled, seed: sample_latents(run, context, pooled, noise_for(context.shape[0], seed))
+    """sample(context, pooled, seed, attention_override=None) -> pictures, for demo_world/training.py's evaluations."""
+    return lambda context, pooled, seed, attention_override=None: sample_latents(
+        run, context, pooled, noise_for(context.shape[0], seed), attention_override=attention_override)

@@ -84,8 +84,8 @@ class TextTable:
 
 # `velocity` below is (x_t (b, 16, h, w), t (b,), context, pooled, guidance (b,)) -> v (b, 16, h, w): the
 # adapter's FluxRunner.forward, whose blocks run out of place under grad, so that autograd works.
-# `sample` is (context (b, n, 64), pooled (b, 32), seed) -> pictures (b, 3, 32, 32) in [0, 1]: the adapter's
-# Euler through the same runner (comfy/demo_world.py: cond_sampler), what KSampler draws.
+# `sample` is (context (b, n, 64), pooled (b, 32), seed, attention_override=None) -> pictures (b, 3, 32, 32) in
+# [0, 1]: the adapter's Euler through the same runner (comfy/demo_world.py: cond_sampler), what KSampler draws.
 
 
 def flow_loss(velocity, clip_model, table: TextTable, images, texts, gen: torch.Generator, p_pooled_true: float):
@@ -169,4 +169,58 @@ def word_token_test(sample, clip_model, table, judge, prompt: str, word: str, ot
     for name, take in (("word_token", differ), ("other_positions", ~differ), ("all", torch.ones_like(differ))):
         images = sample(torch.where(take[None, :, None], context_other, context), pooled, seed)
         out[name] = (judge.predict(images)[kind] == index).float().mean().item()
+    return out
+
+
+class WordKeyMask:
+    """An `optimized_attention_override` (called by ComfyUI as attention_maps.InspectAttentionOverride is) that
+    keeps some blocks from reading a word: in their attention calls no query but the word's own positions may
+    attend to the word's positions (those logits are -inf). Every other call, and every other key, is as
+    before. Text comes first in the joint sequence of both kinds of block, so a T5 position is a joint position.
+    word_idx: (k,) long T5 positions; blocks: {(block_type, block_index)}, block_type "double" or "single"."""
+
+    def __init__(self, word_idx: torch.Tensor, blocks):
+        self.word_idx, self.blocks, self.calls = word_idx, frozenset(blocks), 0
+
+    def __call__(self, func, q, k, v, heads, *args, **kwargs):
+        to = kwargs.get("transformer_options") or {}
+        if (to.get("block_type"), to.get("block_index")) in self.blocks:
+            if not kwargs.get("skip_reshape") or kwargs.get("mask") is not None:
+                raise RuntimeError("WordKeyMask expects ComfyUI's Flux attention without a mask: q (b, heads, n, d), "
+                                   "skip_reshape")
+            n, idx = q.shape[2], self.word_idx.to(q.device)
+            mask = torch.zeros(n, n, dtype=q.dtype, device=q.device)  # additive, as ComfyUI passes it to SDPA
+            mask[:, idx] = float("-inf")
+            mask[idx[:, None], idx[None, :]] = 0.0
+            kwargs["mask"] = mask
+            self.calls += 1
+        return func(q, k, v, heads, *args, **kwargs)
+
+
+@torch.no_grad()
+def block_reading_test(sample, clip_model, table, judge, conditions: dict, seed: int,
+                       per_pair: int = 8) -> dict[str, dict[str, float]]:
+    """Which blocks' reading of a word the drawing needs. For the shape word and the colour word of every
+    "a {colour} {shape}" prompt (per_pair pictures each), WordKeyMask keeps the blocks of each condition
+    ({name: {(block_type, index)}}; an empty set is the control) from reading that word: share of the pictures
+    judged to have the named attribute, {"shape" | "colour": {name: rate}}. A block the drawing needs drops the
+    rate towards what a prompt without the word gives (the four shapes' mean falls to 25% when no block reads
+    it); a block it does not need leaves it. The Inspect node maps one block's attention; this says whether that
+    block's reading is what draws the word, or another block's."""
+    texts, s_idx, c_idx = prompt_grid(per_pair)
+    context, pooled = table.encode(clip_model, texts)
+    ids = torch.tensor([table.t5_ids[table.index[t]] for t in texts])  # (b, 16)
+    out = {}
+    for kind, named, judged in (("shape", s_idx, 0), ("colour", c_idx, 1)):  # judged: judge.predict's output
+        # the word's positions: where prompts that differ only in this attribute differ
+        other_kind = c_idx if kind == "shape" else s_idx
+        varies = torch.zeros(ids.shape[1], dtype=torch.bool)
+        for value in other_kind.unique():
+            rows = ids[other_kind == value]
+            varies |= (rows != rows[0]).any(0)
+        word_idx = varies.nonzero()[:, 0]
+        out[kind] = {}
+        for name, blocks in conditions.items():
+            images = sample(context, pooled, seed, attention_override=WordKeyMask(word_idx, blocks) if blocks else None)
+            out[kind][name] = (judge.predict(images)[judged] == named).float().mean().item()
     return out

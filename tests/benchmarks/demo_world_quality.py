@@ -17,11 +17,14 @@ Run: `python -m tests.benchmarks.demo_world_quality` from the repo root (a few m
   swap_test                the concept through the T5 tokens only / the pooled vector only (training.swap_test)
   word_token               which T5 positions carry a word: the word's own token or the rest of the prompt
                            (training.word_token_test; the Inspect maps read the word's own token)
+  block_reading            which blocks' reading of the shape / colour word the drawing needs: the named
+                           attribute's rate with the word hidden from one block or a group of blocks
+                           (training.block_reading_test; the Inspect node maps the last double block's)
   weights_mb, train_minutes, train_device   from the weight files and the training log
 
 Every drawing group has at least SAMPLES_PER_GROUP pictures, every word ATTENTION_PROBES; the noise is seeded (SEED).
-Writes its section of tests/benchmarks/RESULTS.md and the `demo_world`, `demo_world_swap_test` and
-`demo_world_word_token` keys of results.json.
+Writes its section of tests/benchmarks/RESULTS.md and the `demo_world`, `demo_world_swap_test`,
+`demo_world_word_token` and `demo_world_block_reading` keys of results.json.
 """
 
 import argparse
@@ -53,6 +56,7 @@ SAMPLES_PER_GROUP = 100
 ATTENTION_PROBES = 50  # generator pictures per word (as erasure_quality.PROBES); one Inspect run each per mode
 SEED = 1234
 WORDS = shapes.SHAPES + shapes.COLOUR_NAMES
+BLOCK_READING_PER_PAIR = 8  # pictures per "a {colour} {shape}" prompt: 128 a condition
 SWAP_TARGETS = ("circle", "square", "triangle", "cross", "red", "blue")
 # (prompt, its word, the word put in its place) for training.word_token_test: every shape and every colour
 WORD_TOKEN_CASES = tuple((f"a red {s}", s, shapes.SHAPES[(i + 1) % 4]) for i, s in enumerate(shapes.SHAPES)) + \
@@ -116,6 +120,22 @@ def token_tests(world, judge) -> tuple[dict, dict]:
     return swap, word_token
 
 
+def block_conditions(patcher) -> dict[str, set]:
+    """training.block_reading_test's conditions for this Flux: none, each double block, every double block,
+    every single block."""
+    dm = patcher.model.diffusion_model
+    double = [("double", i) for i in range(len(dm.double_blocks))]
+    return {"none": set(), **{f"double block {i}": {b} for i, b in enumerate(double)},
+            "every double block": set(double), "every single block": {("single", i) for i in range(len(dm.single_blocks))}}
+
+
+def block_reading(world, judge) -> dict:
+    patcher, clip, _ = world
+    sample = world_model.cond_sampler(world_model.runner(patcher))
+    return training.block_reading_test(sample, clip.cond_stage_model, training.TextTable.build(clip), judge,
+                                       block_conditions(patcher), seed=SEED, per_pair=BLOCK_READING_PER_PAIR)
+
+
 def training_facts(world_dir: Path) -> dict:
     """Size of the committed weight files and, from the training log, how long the world trained and where."""
     files = (world_model.FLUX_FILE, world_model.TEXT_FILE, world_model.JUDGE_FILE)
@@ -135,7 +155,7 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def markdown(d: dict, swap: dict, word_token: dict) -> str:
+def markdown(d: dict, swap: dict, word_token: dict, blocks: dict) -> str:
     lines = [f"The un-erased demo world (models/demo_world): pictures from {world_model.SAMPLE_STEPS} Euler steps "
              f"through ComfyUI's model, guidance {world_model.GUIDANCE}, judged by the world's judge; at least "
              f"{SAMPLES_PER_GROUP} pictures a group ({d['pictures']} on the world's caption templates, "
@@ -171,6 +191,13 @@ def markdown(d: dict, swap: dict, word_token: dict) -> str:
               "| --- | --- | ---: | ---: | ---: |"]
     lines += [f"| {k} | {p} | {_pct(v['word_token'])} | {_pct(v['other_positions'])} | {_pct(v['all'])} |"
               for (k, v), (p, _, _) in zip(word_token.items(), WORD_TOKEN_CASES)]
+    lines += ["", "Which blocks' reading of a word the drawing needs (training.block_reading_test, "
+              f"{16 * BLOCK_READING_PER_PAIR} pictures of every \"a {{colour}} {{shape}}\" a row): the word's key is "
+              "hidden from every other query in the blocks named, and the share of pictures judged to have the named "
+              "shape / colour is counted. Where no block reads the word, the shape's rate falls to about 25% "
+              "(chance over the four shapes).", "",
+              "| word hidden from | shape named | colour named |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {_pct(blocks['shape'][name])} | {_pct(blocks['colour'][name])} |" for name in blocks["shape"]]
     return "\n".join(lines)
 
 
@@ -194,15 +221,17 @@ def main(argv=None):
     swap, word_token = token_tests(world, judge)
     log.info("swap: %s", json.dumps(swap))
     log.info("word token: %s", json.dumps(word_token))
+    blocks = block_reading(world, judge)
+    log.info("block reading: %s", json.dumps(blocks))
     data.update(training_facts(args.world))
     data["seconds"] = round(time.perf_counter() - start, 1)
     full = args.world.resolve() == WORLD_DIR.resolve() and args.samples == SAMPLES_PER_GROUP and not args.no_attention
     if not full:
-        print(json.dumps({**data, "swap_test": swap, "word_token": word_token}, indent=1))
+        print(json.dumps({**data, "swap_test": swap, "word_token": word_token, "block_reading": blocks}, indent=1))
         return
     results.write_section("demo_world_quality", {"demo_world": data, "demo_world_swap_test": swap,
-                                                 "demo_world_word_token": word_token},
-                          "The demo world, un-erased", markdown(data, swap, word_token), command=COMMAND)
+                                                 "demo_world_word_token": word_token, "demo_world_block_reading": blocks},
+                          "The demo world, un-erased", markdown(data, swap, word_token, blocks), command=COMMAND)
     log.info("demo_world_quality done in %.0f s", data["seconds"])
 
 

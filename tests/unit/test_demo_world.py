@@ -1,10 +1,11 @@
 """The demo world's plain-torch parts: the picture generator, its captions, the pixel VAE, the judge."""
 
 import numpy as np
+import pytest
 import torch
 
 from eraseanything_core.demo_world import judge as judge_lib
-from eraseanything_core.demo_world import shapes
+from eraseanything_core.demo_world import shapes, training
 from eraseanything_core.demo_world.vae import (FLUX_SCALE, FLUX_SHIFT, PixelUnshuffleVAE, model_space_to_pixels,
                                                pixels_to_model_space)
 
@@ -137,3 +138,38 @@ def test_judge_outputs_one_prediction_per_image():
     shape_idx, colour_idx = judge.predict(torch.rand(5, 3, 32, 32))
     assert shape_idx.shape == colour_idx.shape == (5,)
     assert shape_idx.max() < 4 and colour_idx.max() <= shapes.UNNAMED, "four named colours and white"
+
+
+def _sdpa(q, k, v, heads, mask=None, skip_reshape=True, transformer_options=None):
+    """ComfyUI's attention_pytorch for skip_reshape inputs, output left as (b, h, n, d): SDPA, a 2-D mask broadcast."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[None, None])
+
+
+def test_word_key_mask_hides_the_word_from_every_other_query_in_its_blocks_only():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 12, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    word = torch.tensor([3, 4])
+    masked = training.WordKeyMask(word, {("double", 1)})
+    out = masked(_sdpa, q, k, v, 3, skip_reshape=True, transformer_options={"block_type": "double", "block_index": 1})
+
+    keep = torch.ones(12, 12, dtype=torch.bool)  # plain reference: the word's columns gone except in its own rows
+    keep[:, word] = False
+    keep[3:5, 3:5] = True
+    logits = (q @ k.transpose(-1, -2) / 2).masked_fill(~keep, float("-inf"))
+    torch.testing.assert_close(out, logits.softmax(-1) @ v)
+    others = torch.ones(12, dtype=torch.bool)
+    others[word] = False
+    v_word_changed = v.clone()
+    v_word_changed[:, :, word] += 5
+    out_changed = masked(_sdpa, q, k, v_word_changed, 3, skip_reshape=True,
+                         transformer_options={"block_type": "double", "block_index": 1})
+    torch.testing.assert_close(out_changed[:, :, others], out[:, :, others])  # nothing of the word reaches them
+    assert not torch.allclose(out_changed[:, :, word], out[:, :, word])
+
+    for block in (("double", 0), ("single", 1)):  # other blocks run exactly as without the override
+        to = {"block_type": block[0], "block_index": block[1]}
+        assert torch.equal(masked(_sdpa, q, k, v, 3, skip_reshape=True, transformer_options=to), _sdpa(q, k, v, 3))
+    assert masked.calls == 2
+    with pytest.raises(RuntimeError, match="without a mask"):
+        masked(_sdpa, q, k, v, 3, skip_reshape=True, mask=torch.zeros(12, 12, dtype=torch.float64),
+               transformer_options={"block_type": "double", "block_index": 1})
