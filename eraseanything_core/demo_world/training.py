@@ -174,13 +174,15 @@ def word_token_test(sample, clip_model, table, judge, prompt: str, word: str, ot
 
 class WordKeyMask:
     """An `optimized_attention_override` (called by ComfyUI as attention_maps.InspectAttentionOverride is) that
-    keeps some blocks from reading a word: in their attention calls no query but the word's own positions may
-    attend to the word's positions (those logits are -inf). Every other call, and every other key, is as
-    before. Text comes first in the joint sequence of both kinds of block, so a T5 position is a joint position.
-    word_idx: (k,) long T5 positions; blocks: {(block_type, block_index)}, block_type "double" or "single"."""
+    keeps some blocks from reading a word: in their attention calls the hidden queries may not attend to the
+    word's positions (those logits are -inf). Every other call, query and key is as before. Text comes first in
+    the joint sequence of both kinds of block, so a T5 position is a joint position.
+    word_idx: (k,) long T5 positions; blocks: {(block_type, block_index)}, block_type "double" or "single";
+    hidden_queries: (b, n) bool per picture of the batch, or None for every query; the word's own positions
+    always keep reading themselves."""
 
-    def __init__(self, word_idx: torch.Tensor, blocks):
-        self.word_idx, self.blocks, self.calls = word_idx, frozenset(blocks), 0
+    def __init__(self, word_idx: torch.Tensor, blocks, hidden_queries: torch.Tensor | None = None):
+        self.word_idx, self.blocks, self.hidden_queries, self.calls = word_idx, frozenset(blocks), hidden_queries, 0
 
     def __call__(self, func, q, k, v, heads, *args, **kwargs):
         to = kwargs.get("transformer_options") or {}
@@ -189,12 +191,33 @@ class WordKeyMask:
                 raise RuntimeError("WordKeyMask expects ComfyUI's Flux attention without a mask: q (b, heads, n, d), "
                                    "skip_reshape")
             n, idx = q.shape[2], self.word_idx.to(q.device)
-            mask = torch.zeros(n, n, dtype=q.dtype, device=q.device)  # additive, as ComfyUI passes it to SDPA
-            mask[:, idx] = float("-inf")
-            mask[idx[:, None], idx[None, :]] = 0.0
-            kwargs["mask"] = mask
+            hidden = (torch.ones(n, dtype=torch.bool, device=q.device) if self.hidden_queries is None
+                      else self.hidden_queries.to(q.device).clone())  # (n,) or (b, n)
+            hidden[..., idx] = False
+            mask = torch.zeros(*hidden.shape, n, dtype=q.dtype, device=q.device)  # additive, as ComfyUI passes it to SDPA
+            mask[..., idx] = mask[..., idx].masked_fill(hidden[..., None], float("-inf"))
+            kwargs["mask"] = mask if mask.ndim == 2 else mask[:, None]  # (n, n), or (b, 1, n, n): every head alike
             self.calls += 1
         return func(q, k, v, heads, *args, **kwargs)
+
+
+def _word_positions(ids: torch.Tensor, other_attribute: torch.Tensor) -> torch.Tensor:
+    """(k,) T5 positions of a word of prompt_grid's prompts: where prompts that name the same other attribute
+    differ. ids: (b, n) T5 ids of the prompts; other_attribute: (b,) the index of the attribute held fixed."""
+    varies = torch.zeros(ids.shape[1], dtype=torch.bool)
+    for value in other_attribute.unique():
+        rows = ids[other_attribute == value]
+        varies |= (rows != rows[0]).any(0)
+    return varies.nonzero()[:, 0]
+
+
+def _attributes(per_pair: int, table, clip_model):
+    """prompt_grid's prompts encoded, and per attribute (name, named index (b,), judge.predict output, word positions)."""
+    texts, s_idx, c_idx = prompt_grid(per_pair)
+    context, pooled = table.encode(clip_model, texts)
+    ids = torch.tensor([table.t5_ids[table.index[t]] for t in texts])  # (b, 16)
+    return context, pooled, (("shape", s_idx, 0, _word_positions(ids, c_idx)),
+                             ("colour", c_idx, 1, _word_positions(ids, s_idx)))
 
 
 @torch.no_grad()
@@ -207,20 +230,44 @@ def block_reading_test(sample, clip_model, table, judge, conditions: dict, seed:
     rate towards what a prompt without the word gives (the four shapes' mean falls to 25% when no block reads
     it); a block it does not need leaves it. The Inspect node maps one block's attention; this says whether that
     block's reading is what draws the word, or another block's."""
-    texts, s_idx, c_idx = prompt_grid(per_pair)
-    context, pooled = table.encode(clip_model, texts)
-    ids = torch.tensor([table.t5_ids[table.index[t]] for t in texts])  # (b, 16)
+    context, pooled, attributes = _attributes(per_pair, table, clip_model)
     out = {}
-    for kind, named, judged in (("shape", s_idx, 0), ("colour", c_idx, 1)):  # judged: judge.predict's output
-        # the word's positions: where prompts that differ only in this attribute differ
-        other_kind = c_idx if kind == "shape" else s_idx
-        varies = torch.zeros(ids.shape[1], dtype=torch.bool)
-        for value in other_kind.unique():
-            rows = ids[other_kind == value]
-            varies |= (rows != rows[0]).any(0)
-        word_idx = varies.nonzero()[:, 0]
+    for kind, named, judged, word_idx in attributes:  # judged: which output of judge.predict
         out[kind] = {}
         for name, blocks in conditions.items():
             images = sample(context, pooled, seed, attention_override=WordKeyMask(word_idx, blocks) if blocks else None)
+            out[kind][name] = (judge.predict(images)[judged] == named).float().mean().item()
+    return out
+
+
+OBJECT_CONTRAST = 0.1  # a drawn pixel belongs to the object where a channel differs this much from the background
+QUERY_GROUPS = ("inside", "edge", "background", "every image query", "the other text tokens", "every query")
+
+
+@torch.no_grad()
+def query_reading_test(sample, clip_model, table, judge, block: tuple[str, int], seed: int, token_px: int,
+                       per_pair: int = 8) -> dict[str, dict[str, float]]:
+    """Which queries of one block read a word the drawing needs: block_reading_test with the word hidden from
+    one group of queries only (QUERY_GROUPS). The image tokens are grouped by each picture as drawn with nothing
+    hidden (its pixels OBJECT_CONTRAST off the background, token_px-px tokens): "inside" the object, on its
+    "edge" (part object) or "background"; "the other text tokens" are the prompt's other positions, through
+    which a block's text stream can pass a word on. {"shape" | "colour": {"none" | group: rate}}."""
+    context, pooled, attributes = _attributes(per_pair, table, clip_model)
+    drawn = sample(context, pooled, seed)  # (b, 3, H, W)
+    background = torch.tensor(shapes.BACKGROUND)[None, :, None, None]
+    object_px = ((drawn - background).abs().amax(1) > OBJECT_CONTRAST).float()  # (b, H, W)
+    cover = F.avg_pool2d(object_px[:, None], token_px).flatten(1)  # (b, n_img) object share per image token
+    b, n_txt = context.shape[:2]
+    text, no_text = torch.ones(b, n_txt, dtype=torch.bool), torch.zeros(b, n_txt, dtype=torch.bool)
+    image = {"inside": cover == 1, "edge": (cover > 0) & (cover < 1), "background": cover == 0,
+             "every image query": torch.ones_like(cover, dtype=torch.bool)}
+    groups = {**{name: torch.cat([no_text, tokens], 1) for name, tokens in image.items()},
+              "the other text tokens": torch.cat([text, ~image["every image query"]], 1),
+              "every query": torch.cat([text, image["every image query"]], 1)}
+    out = {}
+    for kind, named, judged, word_idx in attributes:
+        out[kind] = {"none": (judge.predict(drawn)[judged] == named).float().mean().item()}
+        for name in QUERY_GROUPS:
+            images = sample(context, pooled, seed, attention_override=WordKeyMask(word_idx, {block}, groups[name]))
             out[kind][name] = (judge.predict(images)[judged] == named).float().mean().item()
     return out

@@ -20,11 +20,14 @@ Run: `python -m tests.benchmarks.demo_world_quality` from the repo root (a few m
   block_reading            which blocks' reading of the shape / colour word the drawing needs: the named
                            attribute's rate with the word hidden from one block or a group of blocks
                            (training.block_reading_test; the Inspect node maps the last double block's)
+  query_reading            the same within each double block, by which queries the word is hidden from:
+                           the object's inside or edge tokens, the background, the other text tokens
+                           (training.query_reading_test)
   weights_mb, train_minutes, train_device   from the weight files and the training log
 
 Every drawing group has at least SAMPLES_PER_GROUP pictures, every word ATTENTION_PROBES; the noise is seeded (SEED).
 Writes its section of tests/benchmarks/RESULTS.md and the `demo_world`, `demo_world_swap_test`,
-`demo_world_word_token` and `demo_world_block_reading` keys of results.json.
+`demo_world_word_token`, `demo_world_block_reading` and `demo_world_query_reading` keys of results.json.
 """
 
 import argparse
@@ -136,6 +139,17 @@ def block_reading(world, judge) -> dict:
                                        block_conditions(patcher), seed=SEED, per_pair=BLOCK_READING_PER_PAIR)
 
 
+def query_reading(world, judge) -> dict:
+    """training.query_reading_test in each double block: {"double block i": {"shape" | "colour": {group: rate}}}."""
+    patcher, clip, _ = world
+    sample = world_model.cond_sampler(world_model.runner(patcher))
+    table = training.TextTable.build(clip)
+    return {f"double block {i}": training.query_reading_test(sample, clip.cond_stage_model, table, judge, ("double", i),
+                                                             seed=SEED, token_px=scoring.TOKEN_PX,
+                                                             per_pair=BLOCK_READING_PER_PAIR)
+            for i in range(len(patcher.model.diffusion_model.double_blocks))}
+
+
 def training_facts(world_dir: Path) -> dict:
     """Size of the committed weight files and, from the training log, how long the world trained and where."""
     files = (world_model.FLUX_FILE, world_model.TEXT_FILE, world_model.JUDGE_FILE)
@@ -155,7 +169,7 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def markdown(d: dict, swap: dict, word_token: dict, blocks: dict) -> str:
+def markdown(d: dict, swap: dict, word_token: dict, blocks: dict, queries: dict) -> str:
     lines = [f"The un-erased demo world (models/demo_world): pictures from {world_model.SAMPLE_STEPS} Euler steps "
              f"through ComfyUI's model, guidance {world_model.GUIDANCE}, judged by the world's judge; at least "
              f"{SAMPLES_PER_GROUP} pictures a group ({d['pictures']} on the world's caption templates, "
@@ -198,6 +212,14 @@ def markdown(d: dict, swap: dict, word_token: dict, blocks: dict) -> str:
               "(chance over the four shapes).", "",
               "| word hidden from | shape named | colour named |", "| --- | ---: | ---: |"]
     lines += [f"| {name} | {_pct(blocks['shape'][name])} | {_pct(blocks['colour'][name])} |" for name in blocks["shape"]]
+    groups = ("none",) + training.QUERY_GROUPS
+    lines += ["", "Which queries of a double block read the word (training.query_reading_test, the same pictures): the "
+              "word hidden in that block from one group of queries only. The image tokens are grouped by each picture "
+              "as drawn with nothing hidden: inside the object, on its edge (part object), background; the other text "
+              "tokens are the prompt's other positions.", "",
+              "| block | word | " + " | ".join(groups) + " |", "| --- | --- |" + " ---: |" * len(groups)]
+    lines += [f"| {block} | {kind} | " + " | ".join(_pct(rates[g]) for g in groups) + " |"
+              for block, by_kind in queries.items() for kind, rates in by_kind.items()]
     return "\n".join(lines)
 
 
@@ -223,15 +245,19 @@ def main(argv=None):
     log.info("word token: %s", json.dumps(word_token))
     blocks = block_reading(world, judge)
     log.info("block reading: %s", json.dumps(blocks))
+    queries = query_reading(world, judge)
+    log.info("query reading: %s", json.dumps(queries))
     data.update(training_facts(args.world))
     data["seconds"] = round(time.perf_counter() - start, 1)
     full = args.world.resolve() == WORLD_DIR.resolve() and args.samples == SAMPLES_PER_GROUP and not args.no_attention
     if not full:
-        print(json.dumps({**data, "swap_test": swap, "word_token": word_token, "block_reading": blocks}, indent=1))
+        print(json.dumps({**data, "swap_test": swap, "word_token": word_token, "block_reading": blocks,
+                          "query_reading": queries}, indent=1))
         return
     results.write_section("demo_world_quality", {"demo_world": data, "demo_world_swap_test": swap,
-                                                 "demo_world_word_token": word_token, "demo_world_block_reading": blocks},
-                          "The demo world, un-erased", markdown(data, swap, word_token, blocks), command=COMMAND)
+                                                 "demo_world_word_token": word_token, "demo_world_block_reading": blocks, "demo_world_query_reading": queries},
+                          "The demo world, un-erased", markdown(data, swap, word_token, blocks, queries),
+                          command=COMMAND)
     log.info("demo_world_quality done in %.0f s", data["seconds"])
 
 

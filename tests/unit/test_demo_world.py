@@ -141,8 +141,13 @@ def test_judge_outputs_one_prediction_per_image():
 
 
 def _sdpa(q, k, v, heads, mask=None, skip_reshape=True, transformer_options=None):
-    """ComfyUI's attention_pytorch for skip_reshape inputs, output left as (b, h, n, d): SDPA, a 2-D mask broadcast."""
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[None, None])
+    """ComfyUI's attention_pytorch for skip_reshape inputs, output left as (b, h, n, d): SDPA with the mask
+    broadcast as it broadcasts it ((n, n) -> (1, 1, n, n), (b, n, n) -> (b, 1, n, n))."""
+    if mask is not None and mask.ndim == 2:
+        mask = mask[None]
+    if mask is not None and mask.ndim == 3:
+        mask = mask[:, None]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def test_word_key_mask_hides_the_word_from_every_other_query_in_its_blocks_only():
@@ -173,3 +178,26 @@ def test_word_key_mask_hides_the_word_from_every_other_query_in_its_blocks_only(
     with pytest.raises(RuntimeError, match="without a mask"):
         masked(_sdpa, q, k, v, 3, skip_reshape=True, mask=torch.zeros(12, 12, dtype=torch.float64),
                transformer_options={"block_type": "double", "block_index": 1})
+
+
+def test_word_key_mask_hides_the_word_from_each_pictures_own_queries():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 12, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    word = torch.tensor([3])
+    hidden = torch.zeros(2, 12, dtype=torch.bool)
+    hidden[0, 6:9] = True  # picture 0 hides the word from queries 6-8, picture 1 from query 10 and from itself,
+    hidden[1, [3, 10]] = True  # which the word's own position ignores
+    masked = training.WordKeyMask(word, {("double", 0)}, hidden)
+    out = masked(_sdpa, q, k, v, 3, skip_reshape=True, transformer_options={"block_type": "double", "block_index": 0})
+
+    keep = torch.ones(2, 1, 12, 12, dtype=torch.bool)  # plain reference, per picture
+    keep[0, 0, 6:9, 3] = False
+    keep[1, 0, 10, 3] = False
+    logits = (q @ k.transpose(-1, -2) / 2).masked_fill(~keep, float("-inf"))
+    torch.testing.assert_close(out, logits.softmax(-1) @ v)
+    untouched = ~hidden
+    untouched[1, 3] = True
+    plain = _sdpa(q, k, v, 3)
+    for b in range(2):
+        torch.testing.assert_close(out[b][:, untouched[b]], plain[b][:, untouched[b]])
+        assert not torch.allclose(out[b][:, ~untouched[b]], plain[b][:, ~untouched[b]])
