@@ -191,6 +191,9 @@ class WordKeyMask:
                 raise RuntimeError("WordKeyMask expects ComfyUI's Flux attention without a mask: q (b, heads, n, d), "
                                    "skip_reshape")
             n, idx = q.shape[2], self.word_idx.to(q.device)
+            if self.hidden_queries is not None and self.hidden_queries.shape[-1] != n:
+                raise ValueError(f"WordKeyMask: hidden_queries covers {self.hidden_queries.shape[-1]} positions, "
+                                 f"the attention has {n} (text, then the image tokens in row-major order)")
             hidden = (torch.ones(n, dtype=torch.bool, device=q.device) if self.hidden_queries is None
                       else self.hidden_queries.to(q.device).clone())  # (n,) or (b, n)
             hidden[..., idx] = False
@@ -259,11 +262,11 @@ def query_reading_test(sample, clip_model, table, judge, block: tuple[str, int],
     cover = F.avg_pool2d(object_px[:, None], token_px).flatten(1)  # (b, n_img) object share per image token
     b, n_txt = context.shape[:2]
     text, no_text = torch.ones(b, n_txt, dtype=torch.bool), torch.zeros(b, n_txt, dtype=torch.bool)
+    every_image, no_image = torch.ones_like(cover, dtype=torch.bool), torch.zeros_like(cover, dtype=torch.bool)
     image = {"inside": cover == 1, "edge": (cover > 0) & (cover < 1), "background": cover == 0,
-             "every image query": torch.ones_like(cover, dtype=torch.bool)}
-    groups = {**{name: torch.cat([no_text, tokens], 1) for name, tokens in image.items()},
-              "the other text tokens": torch.cat([text, ~image["every image query"]], 1),
-              "every query": torch.cat([text, image["every image query"]], 1)}
+             "every image query": every_image}
+    groups = {**{name: torch.cat([no_text, tokens], 1) for name, tokens in image.items()},  # (b, n_txt + n_img)
+              "the other text tokens": torch.cat([text, no_image], 1), "every query": torch.cat([text, every_image], 1)}
     out = {}
     for kind, named, judged, word_idx in attributes:
         out[kind] = {"none": (judge.predict(drawn)[judged] == named).float().mean().item()}

@@ -201,3 +201,6 @@ def test_word_key_mask_hides_the_word_from_each_pictures_own_queries():
     for b in range(2):
         torch.testing.assert_close(out[b][:, untouched[b]], plain[b][:, untouched[b]])
         assert not torch.allclose(out[b][:, ~untouched[b]], plain[b][:, ~untouched[b]])
+    with pytest.raises(ValueError, match="covers 11 positions, the attention has 12"):
+        training.WordKeyMask(word, {("double", 0)}, hidden[:, :11])(
+            _sdpa, q, k, v, 3, skip_reshape=True, transformer_options={"block_type": "double", "block_index": 0})
