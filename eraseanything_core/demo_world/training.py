@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..concepts import concept_token_idx
 from . import shapes
 from . import text as world_text
 from .vae import pixels_to_model_space
@@ -204,23 +205,23 @@ class WordKeyMask:
         return func(q, k, v, heads, *args, **kwargs)
 
 
-def _word_positions(ids: torch.Tensor, other_attribute: torch.Tensor) -> torch.Tensor:
-    """(k,) T5 positions of a word of prompt_grid's prompts: where prompts that name the same other attribute
-    differ. ids: (b, n) T5 ids of the prompts; other_attribute: (b,) the index of the attribute held fixed."""
-    varies = torch.zeros(ids.shape[1], dtype=torch.bool)
-    for value in other_attribute.unique():
-        rows = ids[other_attribute == value]
-        varies |= (rows != rows[0]).any(0)
-    return varies.nonzero()[:, 0]
+def _word_positions(tokenizer, texts: list[str], words: list[str]) -> torch.Tensor:
+    """(k,) T5 positions of each prompt's word (concepts.concept_token_idx), which the prompts must share:
+    WordKeyMask hides one set of positions for the whole batch."""
+    found = {tuple(concept_token_idx(tokenizer, t, w).tolist()) for t, w in set(zip(texts, words))}
+    if len(found) != 1:
+        raise ValueError(f"the prompts' words sit at different T5 positions {sorted(found)}: one batch needs one")
+    return torch.tensor(found.pop())
 
 
 def _attributes(per_pair: int, table, clip_model):
     """prompt_grid's prompts encoded, and per attribute (name, named index (b,), judge.predict output, word positions)."""
     texts, s_idx, c_idx = prompt_grid(per_pair)
     context, pooled = table.encode(clip_model, texts)
-    ids = torch.tensor([table.t5_ids[table.index[t]] for t in texts])  # (b, 16)
-    return context, pooled, (("shape", s_idx, 0, _word_positions(ids, c_idx)),
-                             ("colour", c_idx, 1, _word_positions(ids, s_idx)))
+    tokenizer = table.clip.tokenizer
+    return context, pooled, (
+        ("shape", s_idx, 0, _word_positions(tokenizer, texts, [shapes.SHAPES[i] for i in s_idx])),
+        ("colour", c_idx, 1, _word_positions(tokenizer, texts, [shapes.COLOUR_NAMES[i] for i in c_idx])))
 
 
 @torch.no_grad()
