@@ -111,18 +111,6 @@ def attention(inspect_runtime, patcher, clip, vae, probes: int) -> tuple[dict, d
     return miou, regions
 
 
-def token_tests(world, judge) -> tuple[dict, dict]:
-    """(swap test per SWAP_TARGETS, word-token test per WORD_TOKEN_CASES), on one caption table and sampler."""
-    patcher, clip, _ = world
-    clip_model, table = clip.cond_stage_model, training.TextTable.build(clip)
-    sample = world_model.cond_sampler(world_model.runner(patcher))
-    swap = {target: training.swap_test(sample, clip_model, table, judge, target, seed=SEED) for target in SWAP_TARGETS}
-    word_token = {f"{word} -> {other}": training.word_token_test(sample, clip_model, table, judge, prompt, word, other,
-                                                                seed=SEED)
-                  for prompt, word, other in WORD_TOKEN_CASES}
-    return swap, word_token
-
-
 def block_conditions(patcher) -> dict[str, set]:
     """training.block_reading_test's conditions for this Flux: none, each double block, every double block,
     every single block."""
@@ -132,22 +120,22 @@ def block_conditions(patcher) -> dict[str, set]:
             "every double block": set(double), "every single block": {("single", i) for i in range(len(dm.single_blocks))}}
 
 
-def block_reading(world, judge) -> dict:
+def token_tests(world, judge) -> dict:
+    """The tests on one caption table and sampler: "swap" per SWAP_TARGETS, "word_token" per WORD_TOKEN_CASES,
+    "block_reading", and "query_reading" per double block ({"double block i": {"shape" | "colour": {group: rate}}})."""
     patcher, clip, _ = world
+    clip_model, table = clip.cond_stage_model, training.TextTable.build(clip)
     sample = world_model.cond_sampler(world_model.runner(patcher))
-    return training.block_reading_test(sample, clip.cond_stage_model, training.TextTable.build(clip), judge,
-                                       block_conditions(patcher), seed=SEED, per_pair=BLOCK_READING_PER_PAIR)
-
-
-def query_reading(world, judge) -> dict:
-    """training.query_reading_test in each double block: {"double block i": {"shape" | "colour": {group: rate}}}."""
-    patcher, clip, _ = world
-    sample = world_model.cond_sampler(world_model.runner(patcher))
-    table = training.TextTable.build(clip)
-    return {f"double block {i}": training.query_reading_test(sample, clip.cond_stage_model, table, judge, ("double", i),
-                                                             seed=SEED, token_px=scoring.TOKEN_PX,
-                                                             per_pair=BLOCK_READING_PER_PAIR)
-            for i in range(len(patcher.model.diffusion_model.double_blocks))}
+    swap = {target: training.swap_test(sample, clip_model, table, judge, target, seed=SEED) for target in SWAP_TARGETS}
+    word_token = {f"{word} -> {other}": training.word_token_test(sample, clip_model, table, judge, prompt, word, other,
+                                                                seed=SEED)
+                  for prompt, word, other in WORD_TOKEN_CASES}
+    blocks = training.block_reading_test(sample, clip_model, table, judge, block_conditions(patcher), seed=SEED,
+                                         per_pair=BLOCK_READING_PER_PAIR)
+    queries = {f"double block {i}": training.query_reading_test(sample, clip_model, table, judge, ("double", i), seed=SEED,
+                                                                token_px=scoring.TOKEN_PX, per_pair=BLOCK_READING_PER_PAIR)
+               for i in range(len(patcher.model.diffusion_model.double_blocks))}
+    return {"swap": swap, "word_token": word_token, "block_reading": blocks, "query_reading": queries}
 
 
 def training_facts(world_dir: Path) -> dict:
@@ -240,13 +228,10 @@ def main(argv=None):
         inspect_runtime = comfy_host.import_pack_module("nodes.inspect_runtime")
         data["attention_miou"], data["attention_regions"] = attention(inspect_runtime, patcher, clip, vae,
                                                                       ATTENTION_PROBES)
-    swap, word_token = token_tests(world, judge)
-    log.info("swap: %s", json.dumps(swap))
-    log.info("word token: %s", json.dumps(word_token))
-    blocks = block_reading(world, judge)
-    log.info("block reading: %s", json.dumps(blocks))
-    queries = query_reading(world, judge)
-    log.info("query reading: %s", json.dumps(queries))
+    tests = token_tests(world, judge)
+    for name, values in tests.items():
+        log.info("%s: %s", name.replace("_", " "), json.dumps(values))
+    swap, word_token, blocks, queries = (tests[k] for k in ("swap", "word_token", "block_reading", "query_reading"))
     data.update(training_facts(args.world))
     data["seconds"] = round(time.perf_counter() - start, 1)
     full = args.world.resolve() == WORLD_DIR.resolve() and args.samples == SAMPLES_PER_GROUP and not args.no_attention
@@ -255,7 +240,8 @@ def main(argv=None):
                           "query_reading": queries}, indent=1))
         return
     results.write_section("demo_world_quality", {"demo_world": data, "demo_world_swap_test": swap,
-                                                 "demo_world_word_token": word_token, "demo_world_block_reading": blocks, "demo_world_query_reading": queries},
+                                                 "demo_world_word_token": word_token,
+                                                 "demo_world_block_reading": blocks, "demo_world_query_reading": queries},
                           "The demo world, un-erased", markdown(data, swap, word_token, blocks, queries),
                           command=COMMAND)
     log.info("demo_world_quality done in %.0f s", data["seconds"])
